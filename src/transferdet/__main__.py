@@ -1,0 +1,5 @@
+"""``python -m transferdet`` is the same as the ``transferdet`` command."""
+
+from transferdet.cli import main
+
+main()

@@ -1,0 +1,152 @@
+"""``transferdet <task> [hydra overrides...]``: one explicit table from task name to task function.
+
+Each task has a primary config ``conf/<task>.yaml``. Hydra composes it (with the user's overrides),
+creates the run directory, and calls the task's ``run(cfg, run_dir) -> dict`` function through
+:func:`run_task`, which validates the config, writes the resolved config and ``metrics.json``, and
+turns a user's mistake (:class:`~transferdet.errors.TransferdetError`) into one line on stderr and
+exit status 2, without a traceback (``HYDRA_FULL_ERROR=1`` shows it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from transferdet import __version__
+from transferdet.errors import TaskNotAvailable, TransferdetError
+
+log = logging.getLogger("transferdet")
+
+CONFIG_PACKAGE = "pkg://transferdet.conf"
+EXIT_USER_ERROR = 2
+
+
+@dataclass(frozen=True)
+class Task:
+    summary: str
+    target: str | None  # "module:function", None while the task is not implemented
+
+
+TASKS: dict[str, Task] = {
+    "synth": Task("write a synthetic KITTI-format road-scene dataset (the embedded default data)",
+                  "transferdet.tasks.synth:run"),
+    "convert": Task("validate and partition a KITTI dataset into the indexed training format, with a report",
+                    "transferdet.tasks.convert:run"),
+    "train": Task("train (or retrain a pruned) DetectNet_v2 detector", None),
+    "evaluate": Task("mAP of a checkpoint, an exported model, or a folder of KITTI prediction files", None),
+    "infer": Task("detect objects in images, folders or videos; annotated outputs + KITTI labels", None),
+    "prune": Task("structured channel pruning of a trained model", None),
+    "calibrate": Task("write an INT8 calibration tensor file from the training data", None),
+    "export": Task("ONNX fp32/fp16/int8, TensorRT cache and engine, DeepStream config", None),
+    "benchmark": Task("latency / throughput table across runtimes, precisions and batch sizes", None),
+    "pipeline": Task("the whole workflow, synth to report, in one command", None),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, TASKS))
+    lines = [
+        f"transferdet {__version__}: transfer-learning toolkit for object detection",
+        "",
+        "usage: transferdet <task> [key=value ...] [group=option ...] [-m]",
+        "       transferdet <task> --help      (the task's config and options)",
+        "",
+        "tasks:",
+    ]
+    for name, task in TASKS.items():
+        note = "" if task.target else "   [not available yet]"
+        lines.append(f"  {name:<{width}}  {task.summary}{note}")
+    lines += [
+        "",
+        "Each run writes to its own directory under outputs/ (hydra.run.dir=DIR to choose it),",
+        "holding the resolved config.yaml and metrics.json.",
+    ]
+    return "\n".join(lines)
+
+
+def _resolve(task_name: str) -> Callable[[DictConfig, Path], dict]:
+    target = TASKS[task_name].target
+    if target is None:
+        available = ", ".join(n for n, t in TASKS.items() if t.target)
+        raise TaskNotAvailable(
+            f"task '{task_name}' is not available yet in transferdet {__version__}; available now: {available}"
+        )
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _flat_numbers(metrics: dict) -> dict[str, float | None]:
+    """metrics.json is a flat object of numbers (a non-finite value is written as null)."""
+    out: dict[str, float | None] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"metric {key!r} is {type(value).__name__}; metrics must be numbers")
+        out[str(key)] = value if math.isfinite(value) else None
+    return out
+
+
+def run_task(task_name: str, cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    """Validate, run one task, and write ``config.yaml`` and ``metrics.json`` into ``run_dir``."""
+    from transferdet.config import validate
+    from transferdet.utils.io import write_json_atomic, write_text_atomic
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    validate(cfg)
+    fn = _resolve(task_name)
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+    metrics = _flat_numbers(fn(cfg, run_dir))
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    log.info("run directory: %s", run_dir)
+    return metrics
+
+
+def _hydra_entry(task_name: str) -> Callable[[], None]:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from transferdet.config import register_configs
+
+    register_configs()
+
+    @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name=task_name)
+    def _main(cfg: DictConfig) -> None:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            run_task(task_name, cfg, run_dir)
+        except TransferdetError as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"transferdet {task_name}: error: {err}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+
+    return _main
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        sys.exit(0 if argv else EXIT_USER_ERROR)
+    if argv[0] in ("-V", "--version"):
+        print(f"transferdet {__version__}")
+        return
+    task_name, rest = argv[0], argv[1:]
+    if task_name not in TASKS:
+        print(f"transferdet: unknown task {task_name!r}; tasks: {', '.join(TASKS)}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    # Hydra reads its overrides from sys.argv; the task name is ours, not Hydra's.
+    sys.argv = [f"transferdet {task_name}", *rest]
+    _hydra_entry(task_name)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,371 @@
+"""Typed schemas of the config groups.
+
+Key names follow the blocks of a TLT DetectNet_v2 experiment spec (``dataset_config``,
+``augmentation_config``, ...), so a TLT user recognises them. Each schema is registered in Hydra's
+ConfigStore as ``<group>/base``; every YAML option of the group lists it first in its defaults, so a
+misspelt key or a value of the wrong type fails when the config is composed. Range checks and
+cross-group checks live in :mod:`transferdet.config.validate`.
+
+Per-class settings are maps keyed by class name; their schema defaults are empty (see DatasetConfig).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+from hydra.core.config_store import ConfigStore
+
+IGNORE_CLASS = "dontcare"  # target name that turns objects into ignore regions (no loss, neither TP nor FP)
+
+
+# --------------------------------------------------------------------------- enums
+class PartitionMode(Enum):
+    random = "random"
+    sequence = "sequence"
+
+
+class ClusteringAlgorithm(Enum):
+    dbscan = "dbscan"
+    nms = "nms"
+    hybrid = "hybrid"
+
+
+class ConfidenceModel(Enum):
+    aggregate_cov = "aggregate_cov"
+    mean_cov = "mean_cov"
+
+
+class AveragePrecisionMode(Enum):
+    SAMPLE = "SAMPLE"
+    INTEGRATE = "INTEGRATE"
+
+
+class RegularizerType(Enum):
+    NO_REG = "NO_REG"
+    L1 = "L1"
+    L2 = "L2"
+
+
+class BackendFloatx(Enum):
+    FLOAT32 = "FLOAT32"
+    FLOAT16 = "FLOAT16"
+    BFLOAT16 = "BFLOAT16"
+
+
+# --------------------------------------------------------------------------- dataset
+@dataclass
+class DatasetConfig:
+    """KITTI-layout dataset and its partition (TLT ``kitti_config`` + ``dataset_config``)."""
+
+    root: str = MISSING
+    image_dir_name: str = "image_2"
+    label_dir_name: str = "label_2"
+    image_extension: str = ".png"
+    # source class (case-insensitive) -> target class; many-to-one allowed; target "dontcare" = ignore region.
+    # Per-class maps have no entries in the schemas: a YAML option lists its classes, and merging it onto
+    # a default list of classes would silently add classes the user never asked for.
+    target_class_mapping: Dict[str, str] = field(default_factory=dict)
+    partition_mode: PartitionMode = PartitionMode.random
+    num_partitions: int = 2
+    val_split: float = 20.0
+    validation_fold: int = 0
+    num_shards: int = 4
+    kitti_sequence_to_frames_file: Optional[str] = None
+    seed: int = 42
+    # where the converted (indexed, sharded) form is written; null = <root>/converted
+    converted_dir: Optional[str] = None
+
+
+# --------------------------------------------------------------------------- augmentation
+@dataclass
+class PreprocessingConfig:
+    """Network input size (multiples of 16) and the smallest box kept after augmentation."""
+
+    output_image_width: int = 384
+    output_image_height: int = 128
+    output_image_channel: int = 3
+    min_bbox_width: float = 1.0
+    min_bbox_height: float = 1.0
+    resize: bool = False  # scale instead of pad/crop when the input size differs
+
+
+@dataclass
+class SpatialAugmentationConfig:
+    """Training-only geometry: flip, zoom (r > 1 zooms in), integer translation (px), rotation (radians)."""
+
+    hflip_probability: float = 0.5
+    zoom_min: float = 1.0
+    zoom_max: float = 1.0
+    translate_max_x: float = 8.0
+    translate_max_y: float = 8.0
+    rotate_rad_max: float = 0.0
+    rotate_probability: float = 0.0
+
+
+@dataclass
+class ColorAugmentationConfig:
+    """Training-only colour jitter of 3-channel images: hue (degrees), saturation, contrast, brightness."""
+
+    hue_rotation_max: float = 25.0
+    saturation_shift_max: float = 0.2
+    contrast_scale_max: float = 0.1
+    contrast_center: float = 0.5
+    color_shift_stddev: float = 0.0
+
+
+@dataclass
+class AugmentationConfig:
+    """TLT ``augmentation_config``: preprocessing, spatial and colour augmentation."""
+
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    spatial_augmentation: SpatialAugmentationConfig = field(default_factory=SpatialAugmentationConfig)
+    color_augmentation: ColorAugmentationConfig = field(default_factory=ColorAugmentationConfig)
+    debug_samples: int = 0  # write this many augmented samples with boxes drawn (PNG) to the run directory
+
+
+# --------------------------------------------------------------------------- model
+@dataclass
+class BboxObjectiveConfig:
+    scale: float = 35.0
+    offset: float = 0.5
+
+
+@dataclass
+class CovObjectiveConfig:
+    pass
+
+
+@dataclass
+class ObjectiveSetConfig:
+    bbox: BboxObjectiveConfig = field(default_factory=BboxObjectiveConfig)
+    cov: CovObjectiveConfig = field(default_factory=CovObjectiveConfig)
+
+
+@dataclass
+class InputNormalizationConfig:
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class ModelConfig:
+    """TLT ``model_config``: DetectNet_v2 on a ResNet backbone; pretrained weights from a local file."""
+
+    arch: str = "resnet"
+    num_layers: int = 18
+    pretrained_model_file: Optional[str] = None
+    pruned_checkpoint: Optional[str] = None  # TLT's load_graph: rebuild the pruned architecture and retrain it
+    freeze_blocks: List[int] = field(default_factory=list)
+    freeze_bn: bool = False
+    use_batch_norm: bool = True
+    objective_set: ObjectiveSetConfig = field(default_factory=ObjectiveSetConfig)
+    input_normalization: InputNormalizationConfig = field(default_factory=InputNormalizationConfig)
+
+
+# --------------------------------------------------------------------------- training
+@dataclass
+class SoftStartAnnealingScheduleConfig:
+    min_learning_rate: float = 5e-6
+    max_learning_rate: float = 5e-4
+    soft_start: float = 0.1
+    annealing: float = 0.7
+
+
+@dataclass
+class LearningRateConfig:
+    soft_start_annealing_schedule: SoftStartAnnealingScheduleConfig = field(
+        default_factory=SoftStartAnnealingScheduleConfig
+    )
+
+
+@dataclass
+class RegularizerConfig:
+    type: RegularizerType = RegularizerType.L1
+    weight: float = 3e-9
+
+
+@dataclass
+class AdamConfig:
+    epsilon: float = 9.9e-9
+    beta1: float = 0.9
+    beta2: float = 0.999
+
+
+@dataclass
+class OptimizerConfig:
+    adam: AdamConfig = field(default_factory=AdamConfig)
+
+
+@dataclass
+class CostScalingConfig:
+    enabled: bool = False
+    initial_exponent: float = 20.0
+    increment: float = 0.005
+    decrement: float = 1.0
+
+
+@dataclass
+class TrainingPrecisionConfig:
+    backend_floatx: BackendFloatx = BackendFloatx.FLOAT32
+
+
+@dataclass
+class TrainingConfig:
+    """TLT ``training_config``, plus ``training_precision`` (a ``model_config`` key in TLT) and resume."""
+
+    batch_size_per_gpu: int = 16
+    num_epochs: int = 20
+    checkpoint_interval: int = 10
+    random_seed: int = 42
+    learning_rate: LearningRateConfig = field(default_factory=LearningRateConfig)
+    regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    cost_scaling: CostScalingConfig = field(default_factory=CostScalingConfig)
+    training_precision: TrainingPrecisionConfig = field(default_factory=TrainingPrecisionConfig)
+    num_workers: int = 2
+    resume: Optional[str] = None  # "auto" = the run directory's last checkpoint, or a checkpoint path
+
+
+# --------------------------------------------------------------------------- evaluation
+@dataclass
+class EvaluationBoxConfig:
+    """Size range (px) of the boxes that count in evaluation; ground truth and predictions alike."""
+
+    minimum_height: float = 0.0
+    maximum_height: float = 9999.0
+    minimum_width: float = 0.0
+    maximum_width: float = 9999.0
+
+
+@dataclass
+class EvaluationConfig:
+    """TLT ``evaluation_config``: AP mode, per-class IoU thresholds and box-size filters, validation cadence."""
+
+    average_precision_mode: AveragePrecisionMode = AveragePrecisionMode.INTEGRATE
+    validation_period_during_training: int = 5
+    first_validation_epoch: int = 1
+    minimum_detection_ground_truth_overlap: Dict[str, float] = field(default_factory=dict)
+    evaluation_box_config: Dict[str, EvaluationBoxConfig] = field(default_factory=dict)
+    pixel_inclusive_iou: bool = False
+    kitti_difficulty: bool = True  # also report KITTI easy / moderate / hard AP
+    batch_size: int = 16
+
+
+# --------------------------------------------------------------------------- rasterizer
+@dataclass
+class RasterizerClassConfig:
+    """Coverage ellipse of one class: centre and radii relative to the box, minimum radius in grid cells."""
+
+    cov_center_x: float = 0.5
+    cov_center_y: float = 0.5
+    cov_radius_x: float = 1.0
+    cov_radius_y: float = 1.0
+    bbox_min_radius: float = 1.0
+
+
+@dataclass
+class RasterizerConfig:
+    """TLT ``bbox_rasterizer_config``: per-class coverage ellipses and the dead zone between objects."""
+
+    target_class_config: Dict[str, RasterizerClassConfig] = field(default_factory=dict)
+    deadzone_radius: float = 0.67
+
+
+# --------------------------------------------------------------------------- postprocessing
+@dataclass
+class ClusteringConfig:
+    """How one class's coverage/bbox maps become boxes (SPEC section 7)."""
+
+    clustering_algorithm: ClusteringAlgorithm = ClusteringAlgorithm.dbscan
+    coverage_threshold: float = 0.005
+    dbscan_eps: float = 0.15
+    dbscan_min_samples: float = 0.05
+    dbscan_confidence_threshold: float = 0.1
+    confidence_model: ConfidenceModel = ConfidenceModel.aggregate_cov
+    nms_iou_threshold: float = 0.5
+    nms_confidence_threshold: float = 0.1
+    minimum_bounding_box_height: float = 4.0
+
+
+@dataclass
+class PostprocessingClassConfig:
+    clustering_config: ClusteringConfig = field(default_factory=ClusteringConfig)
+
+
+@dataclass
+class PostprocessingConfig:
+    """TLT ``postprocessing_config``: clustering settings per class."""
+
+    target_class_config: Dict[str, PostprocessingClassConfig] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- cost
+@dataclass
+class ObjectiveConfig:
+    initial_weight: float = 1.0
+    weight_target: float = 1.0
+
+
+def _default_objectives() -> Dict[str, ObjectiveConfig]:
+    return {"cov": ObjectiveConfig(1.0, 1.0), "bbox": ObjectiveConfig(10.0, 10.0)}
+
+
+@dataclass
+class CostClassConfig:
+    class_weight: float = 1.0
+    coverage_foreground_weight: float = 0.05
+    objectives: Dict[str, ObjectiveConfig] = field(default_factory=_default_objectives)
+
+
+@dataclass
+class CostConfig:
+    """TLT ``cost_function_config``: per-class weights and objectives, objective autoweighting."""
+
+    target_classes: Dict[str, CostClassConfig] = field(default_factory=dict)
+    enable_autoweighting: bool = True
+    max_objective_weight: float = 0.9999
+    min_objective_weight: float = 0.0001
+
+
+# --------------------------------------------------------------------------- synth (task block)
+@dataclass
+class SynthConfig:
+    """The synthetic KITTI-format road-scene generator (``transferdet synth``)."""
+
+    num_images: int = 1000
+    seed: int = 0
+    image_width: int = 384
+    image_height: int = 128
+    min_objects: int = 0
+    max_objects: int = 7
+    # relative frequency of each class (synth/default.yaml: KITTI-like imbalance, cyclists rarest)
+    class_frequencies: Dict[str, float] = field(default_factory=dict)
+    dontcare_probability: float = 0.3  # chance that an image has a far-away crowd marked dontcare
+    num_distractors: int = 6  # upper bound of clutter objects (poles, signs, bins, blobs) per image
+    noise_stddev: float = 0.03  # pixel noise, in [0,1] intensity units
+    min_object_height: float = 10.0  # pixels; objects farther away than this are not placed
+    overwrite: bool = False  # replace an existing dataset at dataset.root
+
+
+GROUP_SCHEMAS: Dict[str, Any] = {
+    "dataset": DatasetConfig,
+    "augmentation": AugmentationConfig,
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "evaluation": EvaluationConfig,
+    "rasterizer": RasterizerConfig,
+    "postprocessing": PostprocessingConfig,
+    "cost": CostConfig,
+    "synth": SynthConfig,
+}
+
+
+def register_configs() -> None:
+    """Register each schema as ``<group>/base`` (idempotent)."""
+    cs = ConfigStore.instance()
+    for group, node in GROUP_SCHEMAS.items():
+        cs.store(group=group, name="base", node=node)
