@@ -1,0 +1,1 @@
+"""KITTI data: label files and validation, the synthetic generator, the converted (indexed) format."""

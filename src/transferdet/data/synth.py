@@ -1,0 +1,362 @@
+"""Synthetic KITTI-format road scenes: the embedded default dataset.
+
+A pinhole camera 1.65 m above a flat road (as in KITTI) looks at a horizon; objects stand on the road
+plane, so their size in pixels shrinks with distance and their bottom edge rises towards the horizon.
+Cars (side, rear and front views), pedestrians and cyclists get varied shapes, colours and sizes;
+they are drawn far to near, so nearer objects and clutter (poles, signs, bins, bushes, car-coloured
+boxes) occlude farther ones. The label fields are honest:
+
+* ``truncated`` = fraction of the object's box outside the image (the box is clipped to the image);
+* ``occluded`` = 0 / 1 / 2 for < 10 % / < 50 % / more of its drawn pixels hidden by nearer things;
+* far-away groups of tiny cars are labelled ``dontcare``, as KITTI does;
+* 3D fields (dimensions, location, rotation_y, alpha) follow from the camera model.
+
+Everything is drawn from one ``numpy`` generator seeded per image (``seed`` + image index), so a
+dataset is reproducible image by image, whatever the number of images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from transferdet.data.kitti import KittiObject, write_label_file
+
+CAMERA_HEIGHT = 1.65  # metres above the road, as KITTI's
+# real-world sizes (height, width, length) in metres
+SIZES = {"car": (1.5, 1.7, 4.2), "pedestrian": (1.75, 0.6, 0.6), "cyclist": (1.75, 0.6, 1.8)}
+PALETTE_CAR = [(180, 20, 20), (20, 40, 150), (230, 230, 230), (30, 30, 30), (120, 120, 125), (200, 170, 30),
+               (20, 110, 50), (150, 150, 160), (90, 20, 90), (210, 100, 20)]
+
+
+@dataclass
+class Placed:
+    """An object or distractor placed in the scene, before drawing."""
+
+    kind: str  # car / pedestrian / cyclist / clutter kind
+    view: str  # side / rear / front
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    depth: float
+    lateral: float  # X in camera coordinates (m)
+    size: tuple[float, float, float]
+
+
+def _colour(rng: np.random.Generator, base: tuple[int, int, int], jitter: int = 25) -> tuple[int, int, int]:
+    return tuple(int(np.clip(c + rng.integers(-jitter, jitter + 1), 0, 255)) for c in base)  # type: ignore[return-value]
+
+
+def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    return tuple(int(c) for c in rng.integers(0, 256, 3))  # type: ignore[return-value]
+
+
+class SceneRenderer:
+    """Renders one scene of ``width`` x ``height`` pixels."""
+
+    def __init__(self, width: int, height: int, rng: np.random.Generator) -> None:
+        self.w, self.h, self.rng = width, height, rng
+        self.focal = 0.58 * width  # KITTI: f ~ 721 px for 1242 px wide images
+        self.horizon = height * rng.uniform(0.38, 0.5)
+        self.cx = width / 2 + rng.uniform(-0.05, 0.05) * width  # vanishing point
+
+    # --------------------------------------------------------------- geometry
+    def depth_for_height(self, pixels: float, real: float) -> float:
+        return self.focal * real / pixels
+
+    def place(self, kind: str, view: str, size: tuple[float, float, float], depth: float, lateral: float) -> Placed:
+        h_real, w_real, l_real = size
+        across = l_real if view == "side" else w_real
+        bottom = self.horizon + self.focal * CAMERA_HEIGHT / depth
+        h_px = self.focal * h_real / depth
+        w_px = self.focal * across / depth
+        u = self.cx + self.focal * lateral / depth
+        return Placed(kind, view, u - w_px / 2, bottom - h_px, u + w_px / 2, bottom, depth, lateral, size)
+
+    # --------------------------------------------------------------- background
+    def background(self) -> Image.Image:
+        rng, w, h, hz = self.rng, self.w, self.h, int(self.horizon)
+        img = np.empty((h, w, 3), np.float32)
+        sky_top, sky_low = rng.uniform([40, 80, 150], [140, 170, 250]), rng.uniform([150, 170, 190], [230, 230, 245])
+        t = np.linspace(0, 1, max(hz, 1))[:, None]
+        img[:hz] = (sky_top * (1 - t) + sky_low * t)[:, None, :]
+        ground = rng.uniform([60, 90, 40], [130, 150, 90])  # grass / verge
+        img[hz:] = ground
+        pil = Image.fromarray(img.clip(0, 255).astype(np.uint8))
+        d = ImageDraw.Draw(pil)
+        # skyline: buildings and tree line along the horizon
+        x = -rng.uniform(0, 30)
+        while x < w:
+            bw = rng.uniform(0.03, 0.12) * w
+            bh = rng.uniform(0.02, 0.25) * h
+            col = _colour(rng, (110, 110, 115), 50) if rng.random() < 0.6 else _colour(rng, (50, 90, 50), 30)
+            d.rectangle([x, hz - bh, x + bw, hz], fill=col)
+            x += bw
+        # road: a trapezoid converging on the vanishing point, with lane markings
+        half_bottom = rng.uniform(0.6, 1.2) * w
+        road = _colour(rng, (95, 95, 100), 30)
+        d.polygon([(self.cx - 2, hz), (self.cx + 2, hz), (self.cx + half_bottom, h), (self.cx - half_bottom, h)],
+                  fill=road)
+        for lane in (-1.0, 1.0):
+            for k in range(12):
+                z0, z1 = 4 + k * 6, 4 + k * 6 + 3
+                pts = []
+                for z, sign in ((z0, 1), (z1, 1), (z1, -1), (z0, -1)):
+                    u = self.cx + self.focal * (lane * 1.8 + sign * 0.08) / z
+                    pts.append((u, self.horizon + self.focal * CAMERA_HEIGHT / z))
+                d.polygon(pts, fill=(225, 225, 210))
+        return pil
+
+    # --------------------------------------------------------------- shapes, drawn in local box coordinates
+    def draw_car(self, d: ImageDraw.ImageDraw, w: float, h: float, view: str) -> None:
+        rng = self.rng
+        body = _colour(rng, PALETTE_CAR[rng.integers(len(PALETTE_CAR))])
+        glass = _colour(rng, (60, 80, 100), 20)
+        tyre = (20, 20, 20)
+        if view == "side":
+            r = 0.2 * h
+            d.polygon([(0.22 * w, 0), (0.72 * w, 0), (0.88 * w, 0.42 * h), (0.1 * w, 0.42 * h)], fill=body)
+            d.polygon([(0.27 * w, 0.07 * h), (0.68 * w, 0.07 * h), (0.8 * w, 0.4 * h), (0.18 * w, 0.4 * h)], fill=glass)
+            d.rounded_rectangle([0, 0.38 * h, w - 1, h - r], radius=max(1, 0.1 * h), fill=body)
+            for cx in (0.2 * w, 0.8 * w):
+                d.ellipse([cx - r, h - 2 * r - 1, cx + r, h - 1], fill=tyre)
+                d.ellipse([cx - r / 2, h - 1.5 * r - 1, cx + r / 2, h - 0.5 * r - 1], fill=(150, 150, 150))
+        else:
+            d.polygon([(0.15 * w, 0), (0.85 * w, 0), (w - 1, 0.4 * h), (0, 0.4 * h)], fill=body)
+            d.polygon([(0.2 * w, 0.06 * h), (0.8 * w, 0.06 * h), (0.9 * w, 0.36 * h), (0.1 * w, 0.36 * h)], fill=glass)
+            d.rectangle([0, 0.38 * h, w - 1, 0.85 * h], fill=body)
+            d.rectangle([0.05 * w, 0.85 * h, 0.25 * w, h - 1], fill=tyre)
+            d.rectangle([0.75 * w, 0.85 * h, 0.95 * w, h - 1], fill=tyre)
+            lamp = (220, 30, 30) if view == "rear" else (250, 240, 190)
+            d.rectangle([0.04 * w, 0.45 * h, 0.2 * w, 0.58 * h], fill=lamp)
+            d.rectangle([0.8 * w, 0.45 * h, 0.96 * w, 0.58 * h], fill=lamp)
+            d.rectangle([0.38 * w, 0.62 * h, 0.62 * w, 0.74 * h], fill=(235, 235, 235))
+
+    def _person(self, d: ImageDraw.ImageDraw, w: float, h: float, top: float, bottom: float, legs: bool) -> None:
+        rng = self.rng
+        skin = _colour(rng, (200, 160, 130), 45)
+        shirt, trousers = _random_colour(rng), _colour(rng, (50, 50, 70), 40)
+        span = bottom - top
+        head = 0.14 * span
+        cx = w / 2
+        d.ellipse([cx - head * 0.45, top, cx + head * 0.45, top + head], fill=skin)
+        torso_w = min(w, 0.3 * span)
+        d.rectangle([cx - torso_w / 2, top + head, cx + torso_w / 2, top + 0.55 * span], fill=shirt)
+        arm = max(1.0, 0.06 * span)
+        d.line([(cx - torso_w / 2, top + head * 1.2), (0, top + 0.5 * span)], fill=shirt, width=int(arm))
+        d.line([(cx + torso_w / 2, top + head * 1.2), (w - 1, top + 0.5 * span)], fill=shirt, width=int(arm))
+        if legs:
+            stride = rng.uniform(0.1, 0.5) * w
+            leg = max(1.0, 0.09 * span)
+            d.line([(cx - 1, top + 0.55 * span), (cx - stride, bottom - 1)], fill=trousers, width=int(leg))
+            d.line([(cx + 1, top + 0.55 * span), (cx + stride, bottom - 1)], fill=trousers, width=int(leg))
+
+    def draw_pedestrian(self, d: ImageDraw.ImageDraw, w: float, h: float, view: str) -> None:
+        self._person(d, w, h, 0, h, legs=True)
+
+    def draw_cyclist(self, d: ImageDraw.ImageDraw, w: float, h: float, view: str) -> None:
+        rng = self.rng
+        frame = _random_colour(rng)
+        t = max(1, int(0.04 * h))
+        if view == "side":
+            r = min(0.22 * w, 0.2 * h)
+            for cx in (r, w - 1 - r):
+                d.ellipse([cx - r, h - 1 - 2 * r, cx + r, h - 1], outline=(25, 25, 25), width=t + 1)
+            hub_y = h - 1 - r
+            d.line([(r, hub_y), (0.45 * w, hub_y - r), (w - 1 - r, hub_y), (0.6 * w, hub_y - 1.3 * r), (0.45 * w, hub_y - r)],
+                   fill=frame, width=t)
+            self._person(d, w, h, 0, hub_y - 0.3 * r, legs=False)
+            d.line([(0.45 * w, hub_y - r), (0.5 * w, hub_y)], fill=(40, 40, 60), width=max(1, int(0.08 * h)))
+        else:
+            d.rectangle([0.4 * w, 0.6 * h, 0.6 * w, h - 1], fill=(25, 25, 25))
+            d.line([(0, 0.45 * h), (w - 1, 0.45 * h)], fill=frame, width=t)
+            self._person(d, w, h, 0, 0.72 * h, legs=False)
+
+    def draw_clutter(self, d: ImageDraw.ImageDraw, w: float, h: float, kind: str) -> None:
+        rng = self.rng
+        if kind == "pole":
+            d.rectangle([0, 0, w - 1, h - 1], fill=_colour(rng, (120, 120, 120), 40))
+        elif kind == "sign":
+            pole = max(1.0, 0.1 * w)
+            d.rectangle([w / 2 - pole / 2, 0.3 * h, w / 2 + pole / 2, h - 1], fill=(130, 130, 130))
+            col = [(200, 30, 30), (30, 60, 180), (230, 200, 30)][rng.integers(3)]
+            if rng.random() < 0.5:
+                d.ellipse([0, 0, w - 1, 0.35 * h], fill=col)
+            else:
+                d.polygon([(w / 2, 0), (w - 1, 0.35 * h), (0, 0.35 * h)], fill=col)
+        elif kind == "bush":
+            d.ellipse([0, 0, w - 1, h - 1], fill=_colour(rng, (40, 100, 40), 30))
+        else:  # "box": bins, crates and car-coloured blocks: hard negatives
+            d.rectangle([0, 0, w - 1, h - 1], fill=_colour(rng, PALETTE_CAR[rng.integers(len(PALETTE_CAR))]))
+
+
+CLUTTER = {  # kind -> (height m, width m)
+    "pole": (4.0, 0.15), "sign": (2.6, 0.7), "bush": (1.2, 1.8), "box": (1.1, 1.3),
+}
+
+
+def _covered_fraction(box: Placed, nearer: list[Placed]) -> float:
+    """Fraction of ``box`` covered by the union of ``nearer`` boxes (on an 8x8 sample grid)."""
+    xs = np.linspace(box.x1, box.x2, 8)
+    ys = np.linspace(box.y1, box.y2, 8)
+    gx, gy = np.meshgrid(xs, ys)
+    covered = np.zeros_like(gx, dtype=bool)
+    for n in nearer:
+        covered |= (gx >= n.x1) & (gx <= n.x2) & (gy >= n.y1) & (gy <= n.y2)
+    return float(covered.mean())
+
+
+def render_image(index: int, cfg) -> tuple[Image.Image, list[KittiObject]]:
+    """One synthetic scene and its KITTI objects. ``cfg`` is a :class:`~transferdet.config.schema.SynthConfig`."""
+    rng = np.random.default_rng([cfg.seed, index])
+    sc = SceneRenderer(cfg.image_width, cfg.image_height, rng)
+    W, H = sc.w, sc.h
+    max_px = (H - sc.horizon) * 1.15  # the nearest objects nearly fill the ground area
+
+    classes = list(cfg.class_frequencies)
+    p = np.array([cfg.class_frequencies[c] for c in classes], float)
+    p /= p.sum()
+    placed: list[Placed] = []
+    for _ in range(int(rng.integers(cfg.min_objects, cfg.max_objects + 1))):
+        cls = classes[rng.choice(len(classes), p=p)]
+        size = tuple(s * rng.uniform(0.85, 1.15) for s in SIZES[cls])
+        pixels = cfg.min_object_height * (max_px / cfg.min_object_height) ** rng.uniform(0, 1) ** 0.6
+        depth = sc.depth_for_height(max(pixels, cfg.min_object_height), size[0])
+        if cls == "car":
+            view = rng.choice(["side", "rear", "rear", "front"])
+            lateral = rng.uniform(-9, 9)
+        else:
+            view = rng.choice(["side", "front"])
+            lateral = rng.choice([-1, 1]) * rng.uniform(2.5, 9) if rng.random() < 0.7 else rng.uniform(-3, 3)
+        placed.append(sc.place(cls, str(view), size, depth, lateral))
+    # drop objects that nearer ones would hide almost entirely (they would be unlabelable slivers)
+    placed.sort(key=lambda o: o.depth)
+    kept: list[Placed] = []
+    for o in placed:
+        if _covered_fraction(o, kept) < 0.7:
+            kept.append(o)
+    clutter: list[Placed] = []
+    for _ in range(int(rng.integers(0, cfg.num_distractors + 1))):
+        kind = str(rng.choice(list(CLUTTER)))
+        hgt, wid = CLUTTER[kind]
+        depth = rng.uniform(4, 60)
+        lateral = rng.choice([-1, 1]) * rng.uniform(3, 14)
+        clutter.append(sc.place(kind, "front", (hgt, wid, wid), depth, lateral))
+
+    img = sc.background()
+    draw = ImageDraw.Draw(img)
+    ignore: list[tuple[float, float, float, float]] = []
+    if rng.random() < cfg.dontcare_probability:  # a far-away crowd of tiny cars: KITTI's DontCare
+        u0 = rng.uniform(0.1, 0.8) * W
+        xs, ys = [], []
+        for _ in range(int(rng.integers(2, 6))):
+            depth = sc.depth_for_height(rng.uniform(3, cfg.min_object_height * 0.8), 1.5)
+            o = sc.place("car", "rear", SIZES["car"], depth, 0.0)
+            shift = u0 + rng.uniform(-0.06, 0.06) * W - (o.x1 + o.x2) / 2
+            box = [o.x1 + shift, o.y1, o.x2 + shift, o.y2]
+            draw.rectangle(box, fill=_colour(rng, PALETTE_CAR[rng.integers(len(PALETTE_CAR))]))
+            xs += [box[0], box[2]]
+            ys += [box[1], box[3]]
+        ignore.append((max(min(xs) - 1, 0), max(min(ys) - 1, 0), min(max(xs) + 1, W), min(max(ys) + 1, H)))
+
+    # draw far to near; the id map records which thing owns each pixel, for honest occlusion
+    owner = np.full((H, W), -1, np.int32)
+    scene = sorted([(o.depth, i, o) for i, o in enumerate(kept)] +
+                   [(c.depth, len(kept) + j, c) for j, c in enumerate(clutter)], key=lambda t: -t[0])
+    drawn_pixels = np.zeros(len(kept), np.int64)
+    for _, ident, o in scene:
+        x0, y0 = int(math.floor(o.x1)), int(math.floor(o.y1))
+        bw, bh = max(int(math.ceil(o.x2)) - x0, 2), max(int(math.ceil(o.y2)) - y0, 2)
+        layer = Image.new("RGB", (bw, bh))
+        mask = Image.new("L", (bw, bh), 0)
+        d = _LayerDraw(ImageDraw.Draw(layer), ImageDraw.Draw(mask))
+        if o.kind == "car":
+            sc.draw_car(d, bw, bh, o.view)
+        elif o.kind == "pedestrian":
+            sc.draw_pedestrian(d, bw, bh, o.view)
+        elif o.kind == "cyclist":
+            sc.draw_cyclist(d, bw, bh, o.view)
+        else:
+            sc.draw_clutter(d, bw, bh, o.kind)
+        img.paste(layer, (x0, y0), mask)
+        m = np.asarray(mask) > 0
+        # the part of the layer that falls inside the image
+        ys0, xs0 = max(0, -y0), max(0, -x0)
+        ys1, xs1 = min(bh, H - y0), min(bw, W - x0)
+        if ys1 <= ys0 or xs1 <= xs0:
+            continue
+        sub = m[ys0:ys1, xs0:xs1]
+        owner[y0 + ys0:y0 + ys1, x0 + xs0:x0 + xs1][sub] = ident
+        if ident < len(kept):
+            drawn_pixels[ident] = int(sub.sum())
+
+    visible = np.bincount(owner[owner >= 0].ravel(), minlength=len(kept) + len(clutter))[: len(kept)]
+    objects: list[KittiObject] = []
+    for i, o in enumerate(kept):
+        full = (o.x2 - o.x1) * (o.y2 - o.y1)
+        cx1, cy1, cx2, cy2 = max(o.x1, 0), max(o.y1, 0), min(o.x2, W), min(o.y2, H)
+        if cx2 - cx1 < 2 or cy2 - cy1 < 2 or drawn_pixels[i] == 0:
+            continue
+        truncated = 1.0 - (cx2 - cx1) * (cy2 - cy1) / full
+        hidden = 1.0 - visible[i] / drawn_pixels[i]
+        if truncated > 0.75 or hidden > 0.9:
+            continue
+        occluded = 0 if hidden < 0.1 else 1 if hidden < 0.5 else 2
+        ry = {"side": math.pi * (rng.random() < 0.5), "rear": -math.pi / 2, "front": math.pi / 2}[o.view]
+        ry = (ry + rng.normal(0, 0.05) + math.pi) % (2 * math.pi) - math.pi
+        alpha = (ry - math.atan2(o.lateral, o.depth) + math.pi) % (2 * math.pi) - math.pi
+        objects.append(KittiObject(
+            cls=o.kind, x1=cx1, y1=cy1, x2=cx2, y2=cy2, truncated=round(truncated, 2), occluded=occluded,
+            alpha=alpha, dimensions=o.size, location=(o.lateral, CAMERA_HEIGHT, o.depth), rotation_y=ry,
+        ))
+    objects += [KittiObject("dontcare", *box, truncated=-1, occluded=-1, alpha=-10) for box in ignore]
+
+    # lighting and sensor noise
+    arr = np.asarray(img, np.float32) / 255.0
+    gain = rng.uniform(0.6, 1.25) * rng.normal(1.0, 0.04, 3)
+    shade = np.linspace(rng.uniform(0.8, 1.0), rng.uniform(0.8, 1.0), W)[None, :, None]
+    arr = arr * gain * shade + rng.normal(0.0, cfg.noise_stddev, arr.shape)
+    img = Image.fromarray((arr.clip(0, 1) * 255 + 0.5).astype(np.uint8))
+    return img, objects
+
+
+class _LayerDraw:
+    """Draws every shape twice: in colour on the layer, and in white on the layer's mask."""
+
+    def __init__(self, colour: ImageDraw.ImageDraw, mask: ImageDraw.ImageDraw) -> None:
+        self._colour, self._mask = colour, mask
+
+    def __getattr__(self, name: str):
+        paint, stencil = getattr(self._colour, name), getattr(self._mask, name)
+
+        def call(*args, **kwargs):
+            paint(*args, **kwargs)
+            stencil(*args, **{k: (255 if k in ("fill", "outline") and v is not None else v)
+                              for k, v in kwargs.items()})
+
+        return call
+
+
+def generate(cfg, root: str | Path, image_dir_name: str = "image_2", label_dir_name: str = "label_2",
+             progress: bool = True) -> dict[str, int]:
+    """Write ``cfg.num_images`` scenes under ``root``; returns object counts per class."""
+    from tqdm import tqdm
+
+    root = Path(root)
+    img_dir, lbl_dir = root / image_dir_name, root / label_dir_name
+    img_dir.mkdir(parents=True, exist_ok=True)
+    lbl_dir.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    for i in tqdm(range(cfg.num_images), desc="synth", unit="img", disable=not progress or None):
+        img, objects = render_image(i, cfg)
+        name = f"{i:06d}"
+        img.save(img_dir / f"{name}.png", compress_level=1)
+        write_label_file(lbl_dir / f"{name}.txt", objects)
+        for o in objects:
+            counts[o.cls] = counts.get(o.cls, 0) + 1
+    return counts
