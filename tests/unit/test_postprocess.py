@@ -1,0 +1,108 @@
+"""Post-processing: decoding and DBSCAN / NMS / hybrid clustering on hand-made network outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from transferdet.config.schema import (
+    ClusteringAlgorithm, ClusteringConfig, ConfidenceModel, PostprocessingClassConfig, PostprocessingConfig,
+)
+from transferdet.postprocess import Postprocessor, decode_boxes
+
+W, H, STRIDE, SCALE, OFFSET = 384, 128, 16, 35.0, 0.5
+A = (40.0, 30.0, 120.0, 90.0)
+B = (250.0, 20.0, 300.0, 110.0)
+
+
+def encode(box, cells):
+    """Targets of the textbook encoding for the given (i, j) cells."""
+    x1, y1, x2, y2 = box
+    out = []
+    for i, j in cells:
+        gx, gy = j * STRIDE + OFFSET, i * STRIDE + OFFSET
+        out.append(((gx - x1) / SCALE, (gy - y1) / SCALE, (x2 - gx) / SCALE, (y2 - gy) / SCALE))
+    return np.array(out)
+
+
+def maps(rng, boxes=(A, B), noise_cells=12):
+    """cov [1, 1, 8, 24] and bbox [1, 4, 8, 24] for one class: an ellipse of cells per box, plus noise."""
+    cov = np.zeros((1, 1, H // STRIDE, W // STRIDE), np.float32)
+    bbox = np.zeros((1, 4, H // STRIDE, W // STRIDE), np.float32)
+    for box in boxes:
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        rx, ry = (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
+        cells = [(i, j) for i in range(H // STRIDE) for j in range(W // STRIDE)
+                 if (((j + 0.5) * STRIDE - cx) / rx) ** 2 + (((i + 0.5) * STRIDE - cy) / ry) ** 2 < 0.8]
+        targets = encode(box, cells) + rng.normal(0, 0.3 / SCALE, (len(cells), 4))  # +-0.3 px of noise
+        for (i, j), t in zip(cells, targets):
+            cov[0, 0, i, j] = rng.uniform(0.5, 0.95)
+            bbox[0, :, i, j] = t
+    free = np.argwhere(cov[0, 0] == 0)
+    for i, j in free[rng.choice(len(free), noise_cells, replace=False)]:
+        cov[0, 0, i, j] = 0.02  # weak isolated responses: below DBSCAN's minimum coverage sum
+        bbox[0, :, i, j] = rng.uniform(0, 2, 4)
+    return cov, bbox
+
+
+def postprocessor(algorithm: str, **kw) -> Postprocessor:
+    cc = ClusteringConfig(clustering_algorithm=ClusteringAlgorithm[algorithm], dbscan_eps=0.3,
+                          dbscan_min_samples=0.05, **kw)
+    cfg = PostprocessingConfig(target_class_config={"car": PostprocessingClassConfig(cc)})
+    return Postprocessor(["car"], cfg, width=W, height=H, stride=STRIDE, bbox_scale=SCALE, bbox_offset=OFFSET)
+
+
+def test_decode_inverts_the_encoding():
+    cells = [(i, j) for i in range(8) for j in range(24)]
+    t = encode(A, cells).T.reshape(4, 8, 24)
+    boxes = decode_boxes(t, STRIDE, SCALE, OFFSET, W, H)
+    assert np.allclose(boxes.reshape(4, -1).T, A, atol=1e-4)
+    # clipping to the canvas
+    clipped = decode_boxes(encode((-20, -5, 400, 130), cells).T.reshape(4, 8, 24), STRIDE, SCALE, OFFSET, W, H)
+    assert np.allclose(clipped.reshape(4, -1).T, (0, 0, W, H), atol=1e-4)
+
+
+@pytest.mark.parametrize("algorithm", ["dbscan", "nms", "hybrid"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_two_separated_objects_and_noise_give_exactly_two_boxes(algorithm, seed):
+    cov, bbox = maps(np.random.default_rng(seed))
+    (d,) = postprocessor(algorithm)(cov, bbox)
+    assert len(d.boxes) == 2, d.boxes
+    found = sorted(d.boxes.tolist())
+    assert np.abs(np.array(found) - np.array([A, B])).max() < 1.0
+    assert (np.diff(d.scores) <= 0).all()  # highest confidence first
+
+
+def test_dbscan_confidence_models():
+    cov, bbox = maps(np.random.default_rng(3), boxes=(A,), noise_cells=0)
+    (agg,) = postprocessor("dbscan")(cov, bbox)
+    (mean,) = postprocessor("dbscan", confidence_model=ConfidenceModel.mean_cov)(cov, bbox)
+    members = cov[cov > 0]
+    assert agg.scores[0] == pytest.approx(members.sum(), rel=1e-5)
+    assert mean.scores[0] == pytest.approx(members.mean(), rel=1e-5)
+
+
+def test_height_and_confidence_filters():
+    cov, bbox = maps(np.random.default_rng(4))
+    assert len(postprocessor("dbscan", minimum_bounding_box_height=70)(cov, bbox)[0].boxes) == 1  # only B is 90 tall
+    assert len(postprocessor("dbscan", dbscan_confidence_threshold=1e6)(cov, bbox)[0].boxes) == 0
+    assert len(postprocessor("nms", nms_confidence_threshold=0.01)(cov, bbox)[0].boxes) > 2  # noise passes at 0.01
+
+
+def test_coverage_threshold_and_empty_output():
+    cov = np.zeros((2, 1, 8, 24), np.float32)
+    out = postprocessor("dbscan")(cov, np.zeros((2, 4, 8, 24), np.float32))
+    assert [len(d.boxes) for d in out] == [0, 0]
+
+
+def test_batch_of_images_is_processed_per_image():
+    rng = np.random.default_rng(5)
+    c1, b1 = maps(rng)
+    c2, b2 = maps(rng, boxes=(A,))
+    out = postprocessor("dbscan")(np.concatenate([c1, c2]), np.concatenate([b1, b2]))
+    assert [len(d.boxes) for d in out] == [2, 1]
+
+
+def test_shape_mismatch_is_reported():
+    with pytest.raises(ValueError, match=r"expected cov \[B, 1, H, W\]"):
+        postprocessor("dbscan")(np.zeros((1, 2, 8, 24)), np.zeros((1, 8, 8, 24)))
