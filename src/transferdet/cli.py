@@ -40,7 +40,7 @@ TASKS: dict[str, Task] = {
                   "transferdet.tasks.synth:run"),
     "convert": Task("validate and partition a KITTI dataset into the indexed training format, with a report",
                     "transferdet.tasks.convert:run"),
-    "train": Task("train (or retrain a pruned) DetectNet_v2 detector", None),
+    "train": Task("train (or retrain a pruned) DetectNet_v2 detector", "transferdet.tasks.train:run"),
     "evaluate": Task("mAP of a checkpoint, an exported model, or a folder of KITTI prediction files", None),
     "infer": Task("detect objects in images, folders or videos; annotated outputs + KITTI labels", None),
     "prune": Task("structured channel pruning of a trained model", None),
@@ -96,16 +96,20 @@ def _flat_numbers(metrics: dict) -> dict[str, float | None]:
 def run_task(task_name: str, cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Validate, run one task, and write ``config.yaml`` and ``metrics.json`` into ``run_dir``."""
     from transferdet.config import validate
+    from transferdet.utils.dist import is_global_zero
     from transferdet.utils.io import write_json_atomic, write_text_atomic
 
     run_dir.mkdir(parents=True, exist_ok=True)
     validate(cfg)
     fn = _resolve(task_name)
-    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+    writer = is_global_zero()  # the other processes of a distributed run share the run directory
+    if writer:
+        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
     metrics = _flat_numbers(fn(cfg, run_dir))
-    write_json_atomic(run_dir / "metrics.json", metrics)
-    log.info("run directory: %s", run_dir)
+    if writer:
+        write_json_atomic(run_dir / "metrics.json", metrics)
+        log.info("run directory: %s", run_dir)
     return metrics
 
 
@@ -139,12 +143,19 @@ def main(argv: list[str] | None = None) -> None:
     if argv[0] in ("-V", "--version"):
         print(f"transferdet {__version__}")
         return
-    task_name, rest = argv[0], argv[1:]
-    if task_name not in TASKS:
-        print(f"transferdet: unknown task {task_name!r}; tasks: {', '.join(TASKS)}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-    # Hydra reads its overrides from sys.argv; the task name is ours, not Hydra's.
-    sys.argv = [f"transferdet {task_name}", *rest]
+    if argv[0] in TASKS:
+        task_name, rest = argv[0], argv[1:]
+    else:
+        # a re-launched DDP worker: Lightning repeats the overrides (which name the task), not the task word
+        named = [a.split("=", 1)[1] for a in argv if a.startswith("task_name=")]
+        if not named or named[-1] not in TASKS:
+            print(f"transferdet: unknown task {argv[0]!r}; tasks: {', '.join(TASKS)}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        task_name, rest = named[-1], argv
+    # Hydra reads its overrides from sys.argv; the task word is ours, so it travels as task_name=
+    if f"task_name={task_name}" not in rest:
+        rest = [*rest, f"task_name={task_name}"]
+    sys.argv = [sys.argv[0], *rest]
     _hydra_entry(task_name)()
 
 

@@ -1,0 +1,5 @@
+"""Lightning callbacks of transferdet (selected in the ``callbacks`` config group)."""
+
+from transferdet.callbacks.data_order import DataOrderLog
+
+__all__ = ["DataOrderLog"]

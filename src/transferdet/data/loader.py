@@ -1,0 +1,92 @@
+"""PyTorch datasets over a converted split, and their collate function."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from transferdet.data.augment import Augmenter
+from transferdet.data.converted import SplitIndex
+from transferdet.errors import DataError
+from transferdet.structures import GroundTruth
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to ``[h, w, 3]`` uint8 RGB; a broken file is a DataError naming it."""
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))  # writable: torch tensors share its memory
+    except FileNotFoundError:
+        raise DataError(path, "image file is missing (moved or deleted since conversion?)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(path, f"cannot decode image ({err.__class__.__name__}: {err})") from None
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Samples of one split: the augmented/preprocessed image and its boxes in canvas pixels."""
+
+    def __init__(self, index: SplitIndex, augmenter: Augmenter) -> None:
+        self.index, self.augmenter = index, augmenter
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.index[i]
+        is_object = s.class_ids >= 0
+        out = self.augmenter(load_rgb(s.image_path), s.boxes, is_object, i, self.epoch)
+        keep = out.keep.numpy()
+        return {
+            "image": out.image,
+            "boxes": out.boxes,
+            "classes": torch.from_numpy(s.class_ids[keep].astype(np.int64)),
+            "truncated": torch.from_numpy(s.truncated[keep].astype(np.float32)),
+            "occluded": torch.from_numpy(s.occluded[keep].astype(np.int64)),
+            "index": i,
+        }
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # [B, 3, H, W]
+    boxes: torch.Tensor  # [M, 4] all boxes of the batch
+    classes: torch.Tensor  # [M] (-1 = ignore region)
+    image_index: torch.Tensor  # [M] which image of the batch each box belongs to
+    truncated: torch.Tensor  # [M]
+    occluded: torch.Tensor  # [M]
+    indices: torch.Tensor  # [B] dataset index of each image
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.images, self.boxes, self.classes, self.image_index,
+                                              self.truncated, self.occluded, self.indices)))
+
+    def ground_truth(self) -> list[GroundTruth]:
+        """Per-image ground truth (numpy) for the evaluator."""
+        out = []
+        boxes, classes = self.boxes.cpu().numpy(), self.classes.cpu().numpy()
+        trunc, occ, owner = self.truncated.cpu().numpy(), self.occluded.cpu().numpy(), self.image_index.cpu().numpy()
+        for b in range(len(self.images)):
+            m = owner == b
+            out.append(GroundTruth(boxes[m], classes[m], trunc[m], occ[m]))
+        return out
+
+
+def collate(samples: list[dict]) -> Batch:
+    counts = [len(s["boxes"]) for s in samples]
+    return Batch(
+        images=torch.stack([s["image"] for s in samples]),
+        boxes=torch.cat([s["boxes"] for s in samples]).reshape(-1, 4),
+        classes=torch.cat([s["classes"] for s in samples]),
+        image_index=torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(counts, dtype=torch.long)),
+        truncated=torch.cat([s["truncated"] for s in samples]),
+        occluded=torch.cat([s["occluded"] for s in samples]),
+        indices=torch.tensor([s["index"] for s in samples]),
+    )

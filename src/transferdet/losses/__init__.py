@@ -1,0 +1,1 @@
+"""Ground-truth rasterizer (boxes -> coverage / bbox targets) and the DetectNet_v2 cost function."""

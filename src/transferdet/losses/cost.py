@@ -1,0 +1,79 @@
+"""DetectNet_v2 cost function (SPEC section 5).
+
+Per class k, with target t, prediction p (sigmoid output) and loss mask m:
+
+* coverage: weighted binary cross-entropy, weight ``coverage_foreground_weight`` where t > 0.5 and
+  1 - that weight elsewhere, times m, mean over cells;
+* bbox: L1 |pred - target| times the rasterizer's bbox weight and m, mean over cells and coordinates;
+* total = sum_k sum_obj (class_weight_k / sum class_weight) * w_obj,k * cost_obj,k.
+
+Objective weights start at ``initial_weight`` normalised over the class's objectives; with
+``enable_autoweighting`` they are updated at each epoch end from the epoch's mean costs.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from transferdet.config.schema import CostConfig, RegularizerConfig, RegularizerType
+from transferdet.losses.rasterizer import Targets
+
+OBJECTIVES = ("cov", "bbox")
+BCE_EPSILON = 1e-5  # inside both logarithms, as TLT
+
+
+class DetectNetCost(nn.Module):
+    def __init__(self, classes: Sequence[str], cfg: CostConfig) -> None:
+        super().__init__()
+        self.classes = list(classes)
+        per = [cfg.target_classes[c] for c in self.classes]
+        class_w = torch.tensor([p.class_weight for p in per], dtype=torch.float32)
+        self.register_buffer("class_weight", class_w / class_w.sum().clamp(min=1e-12))
+        self.register_buffer("foreground_weight", torch.tensor([p.coverage_foreground_weight for p in per]))
+        initial = torch.tensor([[p.objectives[o].initial_weight for o in OBJECTIVES] for p in per])  # [C, 2]
+        self.register_buffer("objective_weight", initial / initial.sum(1, keepdim=True).clamp(min=1e-12))
+        self.register_buffer("weight_target", torch.tensor([[p.objectives[o].weight_target for o in OBJECTIVES]
+                                                            for p in per]))
+        # sums of the epoch's per-batch mean costs, for autoweighting
+        self.register_buffer("epoch_cost_sum", torch.zeros(len(per), len(OBJECTIVES)))
+        self.autoweighting = cfg.enable_autoweighting
+        self.min_weight, self.max_weight = cfg.min_objective_weight, cfg.max_objective_weight
+
+    def forward(self, cov: torch.Tensor, bbox: torch.Tensor, t: Targets) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the total cost and the per-class, per-objective costs ``[C, 2]`` (cov, bbox)."""
+        b, c, h, w = cov.shape
+        p = cov.float().clamp(0.0, 1.0)
+        fg = t.cov > 0.5
+        wfg = self.foreground_weight.view(1, c, 1, 1)
+        cell_weight = torch.where(fg, wfg, 1.0 - wfg)
+        bce = -(t.cov * torch.log(p + BCE_EPSILON) + (1 - t.cov) * torch.log(1 - p + BCE_EPSILON))
+        cov_cost = (cell_weight * bce * t.mask).mean(dim=(0, 2, 3))  # [C]
+        diff = (bbox.float() - t.bbox).abs().view(b, c, 4, h, w)
+        bbox_cost = (diff * (t.bbox_weight * t.mask)[:, :, None]).mean(dim=(0, 2, 3, 4))  # [C]
+        costs = torch.stack([cov_cost, bbox_cost], dim=1)  # [C, 2]
+        if self.training:
+            self.epoch_cost_sum += costs.detach()
+        total = (self.class_weight[:, None] * self.objective_weight * costs).sum()
+        return total, costs
+
+    @torch.no_grad()
+    def end_epoch(self) -> None:
+        """Autoweighting: w <- clamp((target / mean_cost) / sum(target / mean_cost), min, max) per class."""
+        if self.autoweighting and bool((self.epoch_cost_sum > 0).all()):
+            ratio = self.weight_target / self.epoch_cost_sum
+            new = ratio / ratio.sum(1, keepdim=True)
+            self.objective_weight.copy_(new.clamp(self.min_weight, self.max_weight))
+        self.epoch_cost_sum.zero_()
+
+
+def regularization(model: nn.Module, cfg: RegularizerConfig) -> torch.Tensor | float:
+    """L1 (w * sum |theta|) or L2 (w * sum theta^2) over the weights of convolutions (not BN)."""
+    if cfg.type is RegularizerType.NO_REG or cfg.weight == 0:
+        return 0.0
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad]
+    if cfg.type is RegularizerType.L1:
+        return cfg.weight * sum(w.abs().sum() for w in weights)
+    return cfg.weight * sum((w * w).sum() for w in weights)

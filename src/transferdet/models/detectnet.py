@@ -1,0 +1,92 @@
+"""DetectNet_v2 model (SPEC section 3).
+
+The backbone is torchvision's ResNet (so torchvision and timm ImageNet weights load key for key under
+``backbone.``) with its last stage's stride set to 1: the output grid is H/16 x W/16. Two 1x1
+convolutions on the last feature map give the coverage (sigmoid) and the boxes (linear), class-major:
+bbox channel 4k + {0: L, 1: T, 2: R, 3: B}.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+STRIDE = 16
+# depth -> (block, blocks per stage)
+RESNETS = {
+    10: (BasicBlock, [1, 1, 1, 1]),
+    18: (BasicBlock, [2, 2, 2, 2]),
+    34: (BasicBlock, [3, 4, 6, 3]),
+    50: (Bottleneck, [3, 4, 6, 3]),
+    101: (Bottleneck, [3, 4, 23, 3]),
+}
+
+
+class _NoNorm(nn.Identity):
+    """Stands in for BatchNorm2d when ``use_batch_norm`` is false (accepts the channel count)."""
+
+    def __init__(self, num_features: int) -> None:  # noqa: ARG002 - same signature as BatchNorm2d
+        super().__init__()
+
+
+def resnet_backbone(depth: int, use_batch_norm: bool = True) -> ResNet:
+    """torchvision's ResNet without pooling/classifier use, last stage at stride 1 (total stride 16)."""
+    block, layers = RESNETS[depth]
+    net = ResNet(block, layers, norm_layer=nn.BatchNorm2d if use_batch_norm else _NoNorm)
+    first = net.layer4[0]
+    strided = first.conv2 if isinstance(first, Bottleneck) else first.conv1  # where torchvision puts the stride
+    strided.stride = (1, 1)
+    if first.downsample is not None:
+        first.downsample[0].stride = (1, 1)
+    del net.fc, net.avgpool
+    if not use_batch_norm:  # without BN the convolutions need their own bias
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d) and m.bias is None:
+                m.bias = nn.Parameter(torch.zeros(m.out_channels))
+    return net
+
+
+class DetectNetV2(nn.Module):
+    """``forward(images [B, 3, H, W] RGB in [0, 1]) -> (cov [B, C, H/16, W/16], bbox [B, 4C, H/16, W/16])``."""
+
+    def __init__(self, num_classes: int, depth: int = 18, *, use_batch_norm: bool = True,
+                 mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225)) -> None:
+        super().__init__()
+        self.num_classes, self.depth, self.use_batch_norm = num_classes, depth, use_batch_norm
+        self.backbone = resnet_backbone(depth, use_batch_norm)
+        features = self.backbone.layer4[-1].conv3.out_channels if depth >= 50 else \
+            self.backbone.layer4[-1].conv2.out_channels
+        self.output_cov = nn.Conv2d(features, num_classes, 1)
+        self.output_bbox = nn.Conv2d(features, 4 * num_classes, 1)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.reset_heads()
+
+    def reset_heads(self) -> None:
+        for head in (self.output_cov, self.output_bbox):
+            nn.init.xavier_uniform_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        x = (x - self.mean) / self.std
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        return b.layer4(b.layer3(b.layer2(b.layer1(x))))  # [B, F, H/16, W/16]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.features(x)
+        return torch.sigmoid(self.output_cov(f)), self.output_bbox(f)
+
+    def blocks(self) -> list[list[nn.Module]]:
+        """Modules of each freezable block: 0 = stem, 1-4 = stages."""
+        b = self.backbone
+        return [[b.conv1, b.bn1], [b.layer1], [b.layer2], [b.layer3], [b.layer4]]
+
+
+def build_detector(num_classes: int, depth: int, use_batch_norm: bool = True,
+                   mean: Sequence[float] = (0.485, 0.456, 0.406),
+                   std: Sequence[float] = (0.229, 0.224, 0.225)) -> DetectNetV2:
+    return DetectNetV2(num_classes, depth, use_batch_norm=use_batch_norm, mean=mean, std=std)

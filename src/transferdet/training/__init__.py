@@ -1,0 +1,1 @@
+"""Training with PyTorch Lightning: data module, the DetectNet_v2 Lightning module, schedule, checkpoints."""

@@ -1,0 +1,119 @@
+"""Training through the CLI: DDP on CPU, resume after a kill, W&B offline, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import small_synth_config
+from transferdet.data.synth import generate
+
+TINY = ["model=resnet10", "training.num_workers=0", "training.batch_size_per_gpu=4",
+        "augmentation.preprocessing.output_image_width=128", "augmentation.preprocessing.output_image_height=64",
+        "callbacks.progress_bar=null"]
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    """40 synthetic 128x64 images: 32 train, 8 val."""
+    root = tmp_path_factory.mktemp("tiny") / "ds"
+    generate(small_synth_config(40, seed=3, image_width=128, image_height=64), root, progress=False)
+    return root
+
+
+def test_ddp_two_cpu_processes_see_disjoint_data_and_checkpoint_once(cli, tiny_root, tmp_path):
+    run = tmp_path / "run"
+    r = cli("train", f"dataset.root={tiny_root}", *TINY, "trainer=ddp_cpu", "training.num_epochs=2",
+            "training.checkpoint_interval=1", "+callbacks.data_order={_target_: transferdet.callbacks.DataOrderLog}",
+            f"hydra.run.dir={run}", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    order = {}
+    for rank in (0, 1):
+        rows = [line.split("\t") for line in (run / "data_order" / f"rank{rank}.tsv").read_text().splitlines()]
+        order[rank] = {(int(e), int(i)) for e, _, idx in rows for i in idx.split(",")}
+    for epoch in (0, 1):
+        a = {i for e, i in order[0] if e == epoch}
+        b = {i for e, i in order[1] if e == epoch}
+        assert a and b and a.isdisjoint(b) and a | b == set(range(32))
+    saves = [line for log in run.glob("*.log") for line in log.read_text().splitlines() if "saved checkpoint" in line]
+    assert sorted(Path(s.split("saved checkpoint ")[1].split(" (")[0]).name for s in saves) == \
+        ["epoch_000.ckpt", "epoch_001.ckpt", "last.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_000.ckpt", "epoch_001.ckpt", "last.ckpt"]
+    assert not list(run.glob("**/.hydra/../*ddp*/"))  # one run directory, no per-rank duplicates
+    assert json.loads((run / "metrics.json").read_text())["train/steps"] == 8  # 32 images / (2 x 4) x 2 epochs
+
+
+def test_resume_after_kill_continues_at_the_right_epoch_with_optimizer_state(tiny_root, tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "transferdet", "train", f"dataset.root={tiny_root}", *TINY,
+            "training.num_epochs=3", "training.checkpoint_interval=1", "evaluation.first_validation_epoch=3",
+            f"hydra.run.dir={run}"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run / "checkpoints" / "last.ckpt"  # written after epoch_000.ckpt at the end of epoch 1
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert last.exists() and not (run / "metrics.json").exists()
+    killed_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert killed_at["epoch"] in (0, 1)
+
+    done = subprocess.run([*args, "training.resume=auto"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Restoring states from the checkpoint path" in done.stdout + done.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train/epochs"] == 3 and metrics["train/steps"] == 24  # 8 steps per epoch
+    final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["global_step"] == 24
+    # Adam's step count and the LR schedule continued from the checkpoint instead of restarting
+    adam_steps = {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {24}
+    assert final["lr_schedulers"][0]["last_epoch"] == 24
+
+
+def _wandb_history_keys(run_file: Path) -> set[str]:
+    """History keys of an offline W&B run file (LevelDB-style log of protobuf records)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = run_file.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, pending, keys = 7, 32768, b"", set()
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # full record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending + payload if kind == 4 else payload)
+            if record.WhichOneof("record_type") == "history":
+                keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+            pending = b""
+        elif kind in (2, 3):
+            pending += payload
+    return keys
+
+
+def test_wandb_offline_run_holds_the_logged_metrics(cli, tiny_root, tmp_path):
+    run = tmp_path / "run"
+    r = cli("train", f"dataset.root={tiny_root}", *TINY, "training.num_epochs=1", "logger=wandb",
+            "logger.wandb.offline=true", "trainer.log_every_n_steps=1", f"hydra.run.dir={run}",
+            env={"WANDB_SILENT": "true", "WANDB_API_KEY": "", "WANDB_MODE": "offline"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run_file,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    keys = _wandb_history_keys(run_file)
+    assert {"train/loss", "train/loss_cov/car", "train/loss_bbox/cyclist", "val/mAP", "val/AP/car"} <= keys
+    assert "val/images/count" in keys  # the validation images with boxes
+    assert list(run.glob("wandb/offline-run-*/files/media/images/val/*.png"))

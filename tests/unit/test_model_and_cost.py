@@ -1,0 +1,139 @@
+"""Model topology, pretrained loading, cost function, LR schedule, freezing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchvision
+
+from tests.conftest import compose_task
+from transferdet.config.schema import (
+    CostClassConfig, CostConfig, RasterizerClassConfig, RasterizerConfig, RegularizerConfig, RegularizerType,
+    SoftStartAnnealingScheduleConfig,
+)
+from transferdet.losses.cost import DetectNetCost, regularization
+from transferdet.losses.rasterizer import Rasterizer
+from transferdet.models import build_detector
+from transferdet.models.checkpoint import load_pretrained
+from transferdet.tasks.train import build_module
+from transferdet.training.schedule import soft_start_annealing
+
+CLASSES = ["car", "pedestrian", "cyclist"]
+
+
+@pytest.mark.parametrize("depth,params", [(10, 4.91), (18, 11.18), (34, 21.29), (50, 23.54)])
+def test_output_grid_is_stride_16_and_sizes_match_torchvision(depth, params):
+    m = build_detector(3, depth).eval()
+    cov, bbox = m(torch.rand(1, 3, 384, 1248))
+    assert cov.shape == (1, 3, 24, 78) and bbox.shape == (1, 12, 24, 78)
+    assert 0 <= cov.min() and cov.max() <= 1
+    assert sum(p.numel() for p in m.parameters()) / 1e6 == pytest.approx(params, abs=0.01)
+
+
+def test_without_batch_norm_convolutions_have_biases():
+    m = build_detector(3, 18, use_batch_norm=False)
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+    assert all(c.bias is not None for c in m.modules() if isinstance(c, torch.nn.Conv2d))
+
+
+def test_torchvision_resnet18_state_dict_fills_every_backbone_tensor(tmp_path):
+    reference = torchvision.models.resnet18()  # random init here; ImageNet weights on a user's machine
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = build_detector(3, 18)
+    report = load_pretrained(model, path, CLASSES)
+    backbone = {k for k in model.state_dict() if k.startswith("backbone.")}
+    assert set(report.loaded) == backbone
+    assert report.skipped == ["backbone.fc.bias", "backbone.fc.weight"] or \
+        sorted(report.skipped) == ["backbone.fc.bias", "backbone.fc.weight"]
+    for k, v in reference.state_dict().items():
+        if not k.startswith("fc."):
+            assert torch.equal(model.state_dict()[f"backbone.{k}"], v)
+    assert set(report.missing) == {"output_cov.weight", "output_cov.bias", "output_bbox.weight", "output_bbox.bias"}
+
+
+def test_shape_mismatch_is_reported_not_loaded(tmp_path):
+    path = tmp_path / "r34.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), path)
+    report = load_pretrained(build_detector(3, 18), path, CLASSES)
+    assert report.skipped  # layer*.2 blocks of resnet34 do not exist in resnet18
+    assert report.loaded  # the stem and first blocks still load
+
+
+def _targets(boxes, classes, batch=1, w=128, h=64):
+    cfg = RasterizerConfig(target_class_config={c: RasterizerClassConfig() for c in CLASSES})
+    return Rasterizer(CLASSES, cfg, width=w, height=h)(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                                                      torch.tensor(classes, dtype=torch.long),
+                                                      torch.zeros(len(classes), dtype=torch.long), batch)
+
+
+def _cost(**kw) -> DetectNetCost:
+    return DetectNetCost(CLASSES, CostConfig(target_classes={c: CostClassConfig() for c in CLASSES}, **kw))
+
+
+def test_image_without_objects_gives_zero_bbox_loss_and_finite_coverage_loss():
+    t = _targets([], [])
+    cov = torch.full((1, 3, 4, 8), 0.3)
+    bbox = torch.randn(1, 12, 4, 8)
+    total, costs = _cost()(cov, bbox, t)
+    assert torch.isfinite(total) and costs[:, 0].gt(0).all()
+    assert costs[:, 1].eq(0).all()
+
+
+def test_coverage_loss_weights_foreground_and_background():
+    t = _targets([(16, 16, 80, 48)], [0])
+    perfect = _cost()(t.cov.clone().clamp(1e-6, 1 - 1e-6).expand(1, 3, 4, 8).clone(), t.bbox, t)[1]
+    wrong = _cost()(1 - t.cov, t.bbox, t)[1]
+    assert perfect[0, 0] < 0.01 < wrong[0, 0] and perfect[0, 1] == 0  # exact boxes: zero bbox loss
+
+
+def test_autoweighting_follows_the_formula():
+    cost = _cost()
+    assert torch.allclose(cost.objective_weight, torch.tensor([[1 / 11, 10 / 11]] * 3))
+    cost.epoch_cost_sum.copy_(torch.tensor([[2.0, 0.5]] * 3))
+    cost.end_epoch()
+    # (1/2) / (1/2 + 10/0.5) and (10/0.5) / (...), clamped to [1e-4, 0.9999]
+    assert torch.allclose(cost.objective_weight[0], torch.tensor([0.5 / 20.5, 20 / 20.5]))
+    assert cost.epoch_cost_sum.sum() == 0
+    fixed = _cost(enable_autoweighting=False)
+    fixed.epoch_cost_sum.fill_(1.0)
+    fixed.end_epoch()
+    assert torch.allclose(fixed.objective_weight[0], torch.tensor([1 / 11, 10 / 11]))
+
+
+def test_regularizers():
+    m = build_detector(3, 10)
+    convs = [x.weight for x in m.modules() if isinstance(x, torch.nn.Conv2d)]
+    l1 = regularization(m, RegularizerConfig(RegularizerType.L1, 1e-3))
+    l2 = regularization(m, RegularizerConfig(RegularizerType.L2, 1e-3))
+    assert l1.item() == pytest.approx(1e-3 * sum(w.abs().sum().item() for w in convs), rel=1e-5)
+    assert l2.item() == pytest.approx(1e-3 * sum((w * w).sum().item() for w in convs), rel=1e-5)
+    assert regularization(m, RegularizerConfig(RegularizerType.NO_REG, 1e-3)) == 0.0
+
+
+@pytest.mark.parametrize("p,t", [(0.0, 0.0), (0.05, 0.5), (0.1, 1.0), (0.5, 1.0), (0.85, 0.5), (1.0, 0.0)])
+def test_lr_schedule_matches_the_formula(p, t):
+    cfg = SoftStartAnnealingScheduleConfig(min_learning_rate=5e-6, max_learning_rate=5e-4, soft_start=0.1,
+                                           annealing=0.7)
+    expected = math.exp(math.log(5e-6) + t * (math.log(5e-4) - math.log(5e-6)))
+    assert soft_start_annealing(p, cfg) == pytest.approx(expected, rel=1e-12)
+
+
+def test_freeze_blocks_leave_frozen_weights_bit_identical_after_a_step():
+    cfg = compose_task("train", ["model=resnet10", "model.freeze_blocks=[0,1,2]", "model.freeze_bn=true"])
+    module = build_module(cfg, CLASSES)
+    module.train()
+    frozen = {k: v.clone() for k, v in module.model.state_dict().items()
+              if k.startswith(("backbone.conv1.", "backbone.layer1.", "backbone.layer2.")) and "conv" in k}
+    running = module.model.backbone.bn1.running_mean.clone()
+    trainable = module.model.backbone.layer4[0].conv1.weight.clone()
+    opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-2)
+    cov, bbox = module.model(torch.rand(2, 3, 128, 384))
+    t = module.rasterizer(torch.tensor([[10.0, 10, 60, 60]]), torch.tensor([0]), torch.tensor([0]), 2)
+    module.cost(cov, bbox, t)[0].backward()
+    opt.step()
+    assert frozen and all(torch.equal(module.model.state_dict()[k], v) for k, v in frozen.items())
+    assert torch.equal(module.model.backbone.bn1.running_mean, running)  # freeze_bn
+    assert not torch.equal(module.model.backbone.layer4[0].conv1.weight, trainable)
