@@ -148,7 +148,7 @@ def format_label_line(obj: KittiObject) -> str:
         f"{h:.2f}", f"{w:.2f}", f"{l:.2f}", f"{x:.2f}", f"{y:.2f}", f"{z:.2f}", f"{obj.rotation_y:.2f}",
     ]
     if obj.score is not None:
-        fields.append(f"{obj.score:.4f}")
+        fields.append(f"{obj.score:.6f}")
     return " ".join(fields)
 
 

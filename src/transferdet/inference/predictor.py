@@ -1,0 +1,90 @@
+"""A trained detector ready for images: checkpoint -> boxes in the pixels of the original images.
+
+The preprocessing is the evaluation one (pad right/bottom and crop top-left, or resize when the
+checkpoint was trained with ``augmentation.preprocessing.resize``), so detections of ``infer`` are
+the ones ``evaluate`` scores.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from transferdet.data.augment import Augmenter
+from transferdet.errors import DataError
+from transferdet.models.checkpoint import load_tensor_file
+from transferdet.structures import Detections
+from transferdet.training.module import GROUPS, DetectNetModule
+
+log = logging.getLogger(__name__)
+
+
+def apply_overrides(config: dict, overrides: Sequence[str], groups: Sequence[str]) -> dict:
+    """The checkpoint's config with the user's command-line overrides of ``groups`` applied on top."""
+    merged = OmegaConf.create(config)
+    for item in overrides:
+        key, _, value = item.lstrip("+~").partition("=")
+        if "." in key and key.split(".", 1)[0] in groups and value:  # not group selections like model=resnet34
+            OmegaConf.update(merged, key, _parse(value), merge=True)
+    return OmegaConf.to_container(merged, resolve=True)
+
+
+def _parse(value: str):
+    """A command-line value as YAML would read it (numbers, booleans, strings)."""
+    return OmegaConf.create(f"v: {value}").v
+
+
+def load_module(path: str | Path, overrides: Sequence[str] = ()) -> DetectNetModule:
+    """Rebuild the LightningModule of a checkpoint (no training code config needed), in eval mode."""
+    obj = load_tensor_file(path, "checkpoint")
+    hp = obj.get("hyper_parameters")
+    if "state_dict" not in obj or not isinstance(hp, dict) or "config" not in hp or "classes" not in hp:
+        raise DataError(path, "not a transferdet checkpoint (no state_dict with hyper_parameters config/classes); "
+                              "a plain backbone state dict goes to model.pretrained_model_file")
+    config = apply_overrides(hp["config"], overrides, GROUPS)
+    module = DetectNetModule(config, hp["classes"])
+    missing, unexpected = module.load_state_dict(obj["state_dict"], strict=False)
+    if missing or unexpected:
+        raise DataError(path, f"checkpoint does not fit its own architecture: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}")
+    return module.eval()
+
+
+class Predictor:
+    def __init__(self, module: DetectNetModule, device: str | torch.device = "cpu") -> None:
+        self.module = module.to(device).eval()
+        self.device = torch.device(device)
+        self.classes = module.classes
+        self.width, self.height = module.width, module.height
+        self.resize = module.aug.preprocessing.resize
+        self.augmenter = Augmenter(module.aug, train=False)
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        return self.augmenter(image, np.zeros((0, 4), np.float32), np.zeros(0, bool), 0).image
+
+    def to_image_coordinates(self, det: Detections, width: int, height: int) -> Detections:
+        boxes = det.boxes.copy()
+        if self.resize:
+            boxes[:, 0::2] *= width / self.width
+            boxes[:, 1::2] *= height / self.height
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+        return Detections(boxes, det.class_ids, det.scores)
+
+    @torch.no_grad()
+    def outputs(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        cov, bbox = self.module.model(batch.to(self.device))
+        return cov.float().cpu().numpy(), bbox.float().cpu().numpy()
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """Detections for ``[h, w, 3]`` uint8 RGB images, boxes in each image's own pixels."""
+        if not images:
+            return []
+        batch = torch.stack([self.preprocess(im) for im in images])
+        found = self.module.postprocessor(*self.outputs(batch))
+        return [self.to_image_coordinates(d, im.shape[1], im.shape[0]) for d, im in zip(found, images)]

@@ -1,0 +1,108 @@
+"""evaluate and infer through the CLI, on a small trained checkpoint: infer's label files scored by
+``evaluate predictions=... labels=...`` reproduce what ``evaluate checkpoint=...`` reports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import run_cli, small_synth_config
+from transferdet.data.kitti import read_label_file
+from transferdet.data.synth import generate
+
+SIZE = ["augmentation.preprocessing.output_image_width=128", "augmentation.preprocessing.output_image_height=64"]
+# a briefly trained model is unsure of itself: keep its weak detections so there is something to score
+LOW = [f"postprocessing.target_class_config.{c}.clustering_config.dbscan_confidence_threshold=0.001"
+       for c in ("car", "pedestrian", "cyclist")]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("trained")
+    root = base / "ds"
+    generate(small_synth_config(48, seed=7, image_width=128, image_height=64), root, progress=False)
+    r = run_cli("train", f"dataset.root={root}", "model=resnet10", "training.num_workers=0", "training.num_epochs=3",
+                "training.batch_size_per_gpu=8", "callbacks.progress_bar=null",
+                "training.learning_rate.soft_start_annealing_schedule.max_learning_rate=2e-3", *SIZE, *LOW,
+                f"hydra.run.dir={base / 'train'}", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    manifest = json.loads((root / "converted" / "manifest.json").read_text())
+    val_ids = manifest["partition"]["folds"]["0"]
+    images, labels = base / "val_images", base / "val_labels"
+    images.mkdir()
+    labels.mkdir()
+    for i in val_ids:
+        shutil.copy(root / "image_2" / f"{i}.png", images)
+        shutil.copy(root / "label_2" / f"{i}.txt", labels)
+    return {"root": root, "ckpt": base / "train" / "checkpoints" / "last.ckpt", "images": images, "labels": labels,
+            "val_ids": val_ids}
+
+
+def test_infer_on_a_folder_reproduces_evaluate(trained, tmp_path, cli):
+    r = cli("evaluate", f"checkpoint={trained['ckpt']}", f"dataset.root={trained['root']}", *LOW,
+            f"hydra.run.dir={tmp_path / 'ev_ckpt'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    direct = json.loads((tmp_path / "ev_ckpt" / "metrics.json").read_text())
+    assert (tmp_path / "ev_ckpt" / "pr_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    r = cli("infer", f"checkpoint={trained['ckpt']}", f"input={trained['images']}", "batch_size=3", *LOW,
+            f"hydra.run.dir={tmp_path / 'inf'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    labels = sorted((tmp_path / "inf" / "labels").glob("*.txt"))
+    assert [p.stem for p in labels] == sorted(trained["val_ids"])
+    assert len(list((tmp_path / "inf" / "images_annotated").glob("*.png"))) == len(labels)
+    detections = [o for p in labels for o in read_label_file(p, allow_score=True)]
+    assert detections and all(o.score is not None for o in detections)
+
+    r = cli("evaluate", f"predictions={tmp_path / 'inf' / 'labels'}", f"labels={trained['labels']}",
+            f"hydra.run.dir={tmp_path / 'ev_files'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    from_files = json.loads((tmp_path / "ev_files" / "metrics.json").read_text())
+    for key in ("mAP", "AP/car", "AP/pedestrian", "AP/cyclist", "mAP_moderate", "AP50_coco"):
+        a, b = direct[key], from_files[key]
+        assert (a is None and b is None) or abs(a - b) < 1e-6, key
+    assert 0 <= direct["mAP"] <= 1 and direct["num_images"] == len(labels)
+
+
+def test_infer_on_a_video_writes_labels_per_frame_and_an_annotated_video(trained, tmp_path, cli):
+    video = tmp_path / "drive.mp4"
+    frames = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(trained["images"].glob("*.png"))[:6]]
+    with av.open(str(video), "w") as out:
+        stream = out.add_stream("libx264", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 128, 64, "yuv420p"
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    r = cli("infer", f"checkpoint={trained['ckpt']}", f"input={video}", "batch_size=4", *LOW,
+            f"hydra.run.dir={tmp_path / 'inf'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    labels = sorted((tmp_path / "inf" / "labels").glob("*.txt"))
+    assert [p.name for p in labels] == [f"drive_{i:06d}.txt" for i in range(6)]
+    with av.open(str(tmp_path / "inf" / "drive_annotated.mp4")) as annotated:
+        decoded = [f.to_ndarray(format="rgb24") for f in annotated.decode(video=0)]
+    assert len(decoded) == 6 and decoded[0].shape == (64, 128, 3)
+    assert json.loads((tmp_path / "inf" / "metrics.json").read_text())["infer/num_images"] == 6
+
+
+def test_infer_and_evaluate_refuse_bad_inputs(trained, tmp_path, cli):
+    r = cli("infer", f"checkpoint={trained['ckpt']}", f"input={tmp_path / 'nothing'}", f"hydra.run.dir={tmp_path / 'a'}")
+    assert r.returncode == 2 and "config key 'input'" in r.stderr and "Traceback" not in r.stderr
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(trained["ckpt"].read_bytes()[:1000])
+    r = cli("infer", f"checkpoint={bad}", f"input={trained['images']}", f"hydra.run.dir={tmp_path / 'b'}")
+    assert r.returncode == 2 and f"{bad}: not a readable torch file" in r.stderr and "Traceback" not in r.stderr
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    (preds / "zzz.txt").write_text("car 0 0 0 1 1 5 5 0 0 0 0 0 0 0 0.5\n")
+    r = cli("evaluate", f"predictions={preds}", f"labels={trained['labels']}", f"hydra.run.dir={tmp_path / 'c'}")
+    assert r.returncode == 2 and f"{preds / 'zzz.txt'}: prediction file has no ground-truth label file" in r.stderr
+    r = cli("evaluate", f"hydra.run.dir={tmp_path / 'd'}")
+    assert r.returncode == 2 and "config key 'checkpoint'" in r.stderr
