@@ -46,8 +46,10 @@ TASKS: dict[str, Task] = {
     "infer": Task("detect objects in images, folders or videos; annotated outputs + KITTI labels",
                   "transferdet.tasks.infer:run"),
     "prune": Task("structured channel pruning of a trained model", None),
-    "calibrate": Task("write an INT8 calibration tensor file from the training data", None),
-    "export": Task("ONNX fp32/fp16/int8, TensorRT cache and engine, DeepStream config", None),
+    "calibrate": Task("write an INT8 calibration tensor file from the training data",
+                      "transferdet.tasks.calibrate:run"),
+    "export": Task("ONNX fp32/fp16/int8, TensorRT cache and engine, DeepStream config",
+                   "transferdet.tasks.export:run"),
     "benchmark": Task("latency / throughput table across runtimes, precisions and batch sizes", None),
     "pipeline": Task("the whole workflow, synth to report, in one command", None),
 }

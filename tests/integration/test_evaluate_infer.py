@@ -106,3 +106,46 @@ def test_infer_and_evaluate_refuse_bad_inputs(trained, tmp_path, cli):
     assert r.returncode == 2 and f"{preds / 'zzz.txt'}: prediction file has no ground-truth label file" in r.stderr
     r = cli("evaluate", f"hydra.run.dir={tmp_path / 'd'}")
     assert r.returncode == 2 and "config key 'checkpoint'" in r.stderr
+
+
+def test_export_then_onnxruntime_infer_matches_torch(trained, tmp_path, cli):
+    r = cli("export", f"checkpoint={trained['ckpt']}", f"dataset.root={trained['root']}", "export.data_type=int8",
+            "calibration.batches=2", "calibration.batch_size=4", "export.max_map_drop=100",
+            f"hydra.run.dir={tmp_path / 'export'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "export"
+    for name in ("model_fp32.onnx", "model_int8.onnx", "calibration.cache", "nvinfer_config.txt", "labels.txt",
+                 "parity.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["parity/max_abs_diff_cov"] < 1e-4
+    assert metrics["parity/mAP_torch"] == pytest.approx(metrics["parity/mAP_fp32"], abs=1e-6)
+    assert "parity/mAP_int8" in metrics and metrics["export/size_mb_int8"] < 0.4 * metrics["export/size_mb_fp32"]
+
+    scores = {}
+    for runtime, model in (("torch", trained["ckpt"]), ("onnxruntime", out / "model_fp32.onnx")):
+        r = cli("infer", f"checkpoint={model}", f"runtime={runtime}", f"input={trained['images']}",
+                f"hydra.run.dir={tmp_path / runtime}")
+        assert r.returncode == 0, r.stderr[-3000:]
+        r = cli("evaluate", f"predictions={tmp_path / runtime / 'labels'}", f"labels={trained['labels']}",
+                f"hydra.run.dir={tmp_path / ('ev_' + runtime)}")
+        assert r.returncode == 0, r.stderr[-3000:]
+        scores[runtime] = json.loads((tmp_path / ("ev_" + runtime) / "metrics.json").read_text())["mAP"]
+    assert abs(scores["torch"] - scores["onnxruntime"]) < 0.005  # within 0.5 point
+
+    r = cli("infer", f"checkpoint={trained['ckpt']}", "runtime=onnxruntime", f"input={trained['images']}",
+            f"hydra.run.dir={tmp_path / 'wrong'}")
+    assert r.returncode == 2 and "config key 'checkpoint'" in r.stderr and ".onnx" in r.stderr
+
+
+def test_calibrate_writes_a_tensor_file_export_can_use(trained, tmp_path, cli):
+    r = cli("calibrate", f"checkpoint={trained['ckpt']}", f"dataset.root={trained['root']}", "calibration.batches=2",
+            "calibration.batch_size=3", f"hydra.run.dir={tmp_path / 'cal'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = np.load(tmp_path / "cal" / "calibration.npy", allow_pickle=False)
+    assert data.shape == (6, 3, 64, 128) and data.dtype == np.float32 and 0 <= data.min() and data.max() <= 1
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((2, 3, 32, 32), np.float32))
+    r = cli("export", f"checkpoint={trained['ckpt']}", f"dataset.root={trained['root']}", "export.data_type=int8",
+            f"calibration.cal_data_file={bad}", f"hydra.run.dir={tmp_path / 'x'}")
+    assert r.returncode == 2 and f"{bad}: calibration tensors are float32 [2, 3, 32, 32]" in r.stderr

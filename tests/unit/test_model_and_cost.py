@@ -137,3 +137,15 @@ def test_freeze_blocks_leave_frozen_weights_bit_identical_after_a_step():
     assert frozen and all(torch.equal(module.model.state_dict()[k], v) for k, v in frozen.items())
     assert torch.equal(module.model.backbone.bn1.running_mean, running)  # freeze_bn
     assert not torch.equal(module.model.backbone.layer4[0].conv1.weight, trainable)
+
+
+def test_non_finite_loss_stops_training_with_a_clear_message():
+    from transferdet.data.loader import Batch
+    from transferdet.training.module import TrainingDiverged
+
+    module = build_module(compose_task("train", ["model=resnet10"]), CLASSES)
+    images = torch.full((2, 3, 128, 384), float("nan"))
+    batch = Batch(images, torch.tensor([[5.0, 5, 40, 40]]), torch.tensor([0]), torch.tensor([0]), torch.zeros(1),
+                  torch.zeros(1, dtype=torch.long), torch.arange(2))
+    with pytest.raises(TrainingDiverged, match="the loss became nan at epoch 1.*max_learning_rate"):
+        module.training_step(batch, 0)

@@ -351,6 +351,41 @@ class SynthConfig:
     overwrite: bool = False  # replace an existing dataset at dataset.root
 
 
+# --------------------------------------------------------------------------- export / calibrate (task blocks)
+class DataType(Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class CalibrationMethod(Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+@dataclass
+class CalibrationConfig:
+    """INT8 calibration data: ``batches`` x ``batch_size`` training images, preprocessed, not augmented."""
+
+    batches: int = 10
+    batch_size: int = 8
+    cal_data_file: Optional[str] = None  # a tensor file from `transferdet calibrate`; null = draw images now
+    calibration_method: CalibrationMethod = CalibrationMethod.minmax
+
+
+@dataclass
+class ExportConfig:
+    """TLT ``tlt-export`` options."""
+
+    data_type: DataType = DataType.fp32
+    max_batch_size: int = 8
+    max_workspace_size: int = 2 << 30  # bytes, for the TensorRT engine build
+    max_map_drop: float = 1.0  # points of mAP an exported precision may lose against PyTorch fp32
+    parity_images: int = 32  # validation images for the output comparison
+    engine: bool = True  # build a TensorRT engine where TensorRT and a GPU exist
+
+
 GROUP_SCHEMAS: Dict[str, Any] = {
     "dataset": DatasetConfig,
     "augmentation": AugmentationConfig,
@@ -361,6 +396,8 @@ GROUP_SCHEMAS: Dict[str, Any] = {
     "postprocessing": PostprocessingConfig,
     "cost": CostConfig,
     "synth": SynthConfig,
+    "export": ExportConfig,
+    "calibration": CalibrationConfig,
 }
 
 

@@ -202,6 +202,18 @@ def validate_synth(s: S.SynthConfig) -> None:
     _require(s.min_object_height >= 2, "synth.min_object_height", s.min_object_height, "a number >= 2 (pixels)")
 
 
+def validate_export(e: S.ExportConfig) -> None:
+    _positive_int("export.max_batch_size", e.max_batch_size)
+    _positive_int("export.max_workspace_size", e.max_workspace_size)
+    _in_range("export.max_map_drop", e.max_map_drop, 0, 100)
+    _positive_int("export.parity_images", e.parity_images)
+
+
+def validate_calibration(c: S.CalibrationConfig) -> None:
+    _positive_int("calibration.batches", c.batches)
+    _positive_int("calibration.batch_size", c.batch_size)
+
+
 # group name -> validator; the order is the order of the checks
 _VALIDATORS = {
     "dataset": validate_dataset,
@@ -213,6 +225,8 @@ _VALIDATORS = {
     "postprocessing": validate_postprocessing,
     "cost": validate_cost,
     "synth": validate_synth,
+    "export": validate_export,
+    "calibration": validate_calibration,
 }
 
 # where each group keeps its per-class map: group -> attribute path of the map

@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from transferdet.data.augment import Augmenter
-from transferdet.errors import DataError
+from transferdet.errors import ConfigError, DataError
 from transferdet.models.checkpoint import load_tensor_file
 from transferdet.structures import Detections
 from transferdet.training.module import GROUPS, DetectNetModule
@@ -39,8 +39,14 @@ def _parse(value: str):
     return OmegaConf.create(f"v: {value}").v
 
 
+RUNTIMES = ("torch", "onnxruntime", "tensorrt")
+ONNX_CONFIG_KEY, ONNX_CLASSES_KEY = "transferdet_config", "transferdet_classes"
+
+
 def load_module(path: str | Path, overrides: Sequence[str] = ()) -> DetectNetModule:
     """Rebuild the LightningModule of a checkpoint (no training code config needed), in eval mode."""
+    if Path(path).suffix.lower() == ".onnx":
+        raise ConfigError("runtime", "torch", f"onnxruntime for an ONNX model ({path}); torch runs .ckpt checkpoints")
     obj = load_tensor_file(path, "checkpoint")
     hp = obj.get("hyper_parameters")
     if "state_dict" not in obj or not isinstance(hp, dict) or "config" not in hp or "classes" not in hp:
@@ -55,10 +61,38 @@ def load_module(path: str | Path, overrides: Sequence[str] = ()) -> DetectNetMod
     return module.eval()
 
 
+def load_onnx(path: str | Path, overrides: Sequence[str] = ()):
+    """An exported model: ONNX Runtime session, and the module rebuilt from the model's metadata (for its
+    classes, preprocessing and post-processing; its weights are not used)."""
+    import json
+
+    import onnx
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() != ".onnx":
+        raise ConfigError("checkpoint", str(path), "an existing .onnx file written by `transferdet export` with "
+                                                   "runtime=onnxruntime (runtime=torch runs .ckpt checkpoints)")
+    try:
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception as err:  # onnx raises DecodeError and friends for a broken file
+        raise DataError(path, f"not a readable ONNX model ({err.__class__.__name__})") from None
+    if ONNX_CONFIG_KEY not in meta or ONNX_CLASSES_KEY not in meta:
+        raise DataError(path, "ONNX model without transferdet metadata (classes and settings): export it with "
+                              "`transferdet export`")
+    config = apply_overrides(json.loads(meta[ONNX_CONFIG_KEY]), overrides, GROUPS)
+    module = DetectNetModule(config, json.loads(meta[ONNX_CLASSES_KEY])).eval()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return module, session
+
+
 class Predictor:
-    def __init__(self, module: DetectNetModule, device: str | torch.device = "cpu") -> None:
+    def __init__(self, module: DetectNetModule, device: str | torch.device = "cpu", session=None) -> None:
         self.module = module.to(device).eval()
         self.device = torch.device(device)
+        self.session = session  # ONNX Runtime session; None = the PyTorch model
         self.classes = module.classes
         self.width, self.height = module.width, module.height
         self.resize = module.aug.preprocessing.resize
@@ -76,8 +110,25 @@ class Predictor:
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
         return Detections(boxes, det.class_ids, det.scores)
 
+    @classmethod
+    def load(cls, path: str | Path, runtime: str = "torch", overrides: Sequence[str] = ()) -> "Predictor":
+        """A predictor for a checkpoint (``torch``) or an exported ONNX model (``onnxruntime``)."""
+        if runtime == "torch":
+            return cls(load_module(path, overrides), "cuda" if torch.cuda.is_available() else "cpu")
+        if runtime == "onnxruntime":
+            module, session = load_onnx(path, overrides)
+            return cls(module, "cpu", session)
+        if runtime == "tensorrt":
+            raise ConfigError("runtime", runtime, "torch or onnxruntime on this machine: the tensorrt runtime needs "
+                                                  "an NVIDIA GPU and `pip install transferdet[tensorrt]`")
+        raise ConfigError("runtime", runtime, ", ".join(RUNTIMES))
+
     @torch.no_grad()
     def outputs(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Raw network outputs (cov, bbox) of a preprocessed batch, from whichever runtime."""
+        if self.session is not None:
+            cov, bbox = self.session.run(None, {"input_1": batch.numpy().astype(np.float32)})
+            return cov, bbox
         cov, bbox = self.module.model(batch.to(self.device))
         return cov.float().cpu().numpy(), bbox.float().cpu().numpy()
 

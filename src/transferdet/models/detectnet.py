@@ -8,6 +8,7 @@ bbox channel 4k + {0: L, 1: T, 2: R, 3: B}.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 STRIDE = 16
+COVERAGE_PRIOR = 0.01
 # depth -> (block, blocks per stage)
 RESNETS = {
     10: (BasicBlock, [1, 1, 1, 1]),
@@ -69,15 +71,20 @@ class DetectNetV2(nn.Module):
         for head in (self.output_cov, self.output_bbox):
             nn.init.xavier_uniform_(head.weight)
             nn.init.zeros_(head.bias)
+        # coverage starts at the prior of a rare foreground (sigmoid = 0.01) instead of 0.5: the first steps
+        # then refine objects instead of first pushing every background cell down (RetinaNet's prior init)
+        nn.init.constant_(self.output_cov.bias, math.log(COVERAGE_PRIOR / (1 - COVERAGE_PRIOR)))
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         b = self.backbone
-        x = (x - self.mean) / self.std
+        if normalize:
+            x = (x - self.mean) / self.std
         x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
         return b.layer4(b.layer3(b.layer2(b.layer1(x))))  # [B, F, H/16, W/16]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.features(x)
+    def forward(self, x: torch.Tensor, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """``normalize=False`` skips (x - mean) / std: for a model whose first convolution absorbed it."""
+        f = self.features(x, normalize)
         return torch.sigmoid(self.output_cov(f)), self.output_bbox(f)
 
     def blocks(self) -> list[list[nn.Module]]:

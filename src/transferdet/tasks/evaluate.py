@@ -1,7 +1,8 @@
 """``transferdet evaluate``: mAP of a checkpoint on a dataset split, or of KITTI prediction files.
 
-* ``checkpoint=PATH``: runs the model on the validation split of ``dataset`` (converted on the fly if
-  needed); the checkpoint's own post-processing and evaluation settings apply, with the command line's
+* ``checkpoint=PATH``: runs the model (a ``.ckpt`` with ``runtime=torch``, an exported ``.onnx`` with
+  ``runtime=onnxruntime``) on the validation split of ``dataset`` (converted on the fly if needed); the
+  model's own post-processing and evaluation settings apply, with the command line's
   ``postprocessing.*`` / ``evaluation.*`` overrides on top.
 * ``predictions=DIR labels=DIR``: no model; prediction files have 16 fields (score last), ground truth
   15; classes and thresholds come from the ``dataset`` and ``evaluation`` groups.
@@ -85,30 +86,28 @@ def evaluate_files(predictions: Path, labels: Path, mapping: dict[str, str], cla
     return gts, dets, warnings
 
 
-def evaluate_checkpoint(cfg: DictConfig, checkpoint: str) -> tuple[list[GroundTruth], list[Detections], list[str],
-                                                                   Evaluator]:
-    from transferdet.inference.predictor import load_module
+def evaluate_model(cfg: DictConfig, path: str, runtime: str) -> tuple[list[GroundTruth], list[Detections], list[str],
+                                                                     Evaluator]:
+    """Ground truth and detections of a checkpoint or exported model on the validation split."""
+    from tqdm import tqdm
+
+    from transferdet.inference.predictor import Predictor
     from transferdet.tasks.train import ensure_converted
     from transferdet.training.datamodule import DetectionDataModule
 
-    module = load_module(checkpoint, user_overrides())
+    predictor = Predictor.load(path, runtime, user_overrides())
+    module = predictor.module
     data_classes = target_classes(typed(cfg, "dataset"))
     if data_classes != module.classes:
         raise ConfigError("dataset.target_class_mapping", data_classes,
-                          f"the checkpoint's classes in the same order: {', '.join(module.classes)}")
+                          f"the model's classes in the same order: {', '.join(module.classes)}")
     dm = DetectionDataModule(ensure_converted(cfg), module.aug, batch_size=1, eval_batch_size=module.eval_cfg.batch_size,
                              num_workers=0, seed=0)
     dm.setup()
     gts, dets = [], []
-    module.eval()
-    import torch
-    from tqdm import tqdm
-
-    with torch.no_grad():
-        for batch in tqdm(dm.val_dataloader(), desc="evaluate", unit="batch", disable=None):
-            cov, bbox = module.model(batch.images)
-            dets.extend(module.postprocessor(cov.numpy(), bbox.numpy()))
-            gts.extend(batch.ground_truth())
+    for batch in tqdm(dm.val_dataloader(), desc="evaluate", unit="batch", disable=None):
+        dets.extend(module.postprocessor(*predictor.outputs(batch.images)))
+        gts.extend(batch.ground_truth())
     return gts, dets, module.classes, module.evaluator
 
 
@@ -117,7 +116,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if checkpoint and (predictions or labels):
         raise ConfigError("checkpoint", checkpoint, "either checkpoint=PATH or predictions=DIR labels=DIR, not both")
     if checkpoint:
-        gts, dets, classes, evaluator = evaluate_checkpoint(cfg, checkpoint)
+        gts, dets, classes, evaluator = evaluate_model(cfg, checkpoint, str(cfg.get("runtime", "torch")))
         source = str(checkpoint)
     elif predictions and labels:
         d = typed(cfg, "dataset")

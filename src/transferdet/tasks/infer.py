@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from transferdet.data.kitti import KittiObject, write_label_file
 from transferdet.data.loader import load_rgb
 from transferdet.errors import ConfigError, DataError
-from transferdet.inference.predictor import Predictor, load_module
+from transferdet.inference.predictor import Predictor
 from transferdet.structures import Detections
 from transferdet.tasks.evaluate import user_overrides
 from transferdet.utils.io import atomic_path
@@ -120,8 +120,6 @@ def infer_video(predictor: Predictor, path: Path, run_dir: Path, batch_size: int
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    import torch
-
     checkpoint, source = cfg.get("checkpoint"), cfg.get("input")
     if not checkpoint:
         raise ConfigError("checkpoint", checkpoint, "a transferdet checkpoint file (checkpoint=PATH)")
@@ -130,7 +128,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     batch_size = int(cfg.get("batch_size", 8))
     if batch_size < 1:
         raise ConfigError("batch_size", batch_size, "an integer >= 1")
-    predictor = Predictor(load_module(checkpoint, user_overrides()), "cuda" if torch.cuda.is_available() else "cpu")
+    predictor = Predictor.load(checkpoint, str(cfg.get("runtime", "torch")), user_overrides())
     threshold = float(cfg.get("draw_threshold", 0.0))
     path = Path(source)
     if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:

@@ -102,6 +102,22 @@ def build_module(cfg: DictConfig, classes: list[str]) -> DetectNetModule:
     return DetectNetModule(config, classes)
 
 
+def write_augmented_samples(dm: DetectionDataModule, classes: list[str], count: int, folder: Path) -> None:
+    """``augmentation.debug_samples``: the first training samples as the network sees them, boxes drawn."""
+    from transferdet.structures import GroundTruth
+    from transferdet.utils.io import atomic_path
+    from transferdet.visualize import draw_detections
+
+    dm.setup()
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(min(count, len(dm.train_set))):
+        s = dm.train_set[i]
+        image = draw_detections(s["image"], None, GroundTruth(s["boxes"].numpy(), s["classes"].numpy()), classes)
+        with atomic_path(folder / f"sample_{i:03d}.png") as tmp:
+            image.save(tmp, format="PNG")
+    log.info("wrote %d augmented samples to %s", min(count, len(dm.train_set)), folder)
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     t = typed(cfg, "training")
     pl.seed_everything(t.random_seed, workers=True, verbose=False)
@@ -112,6 +128,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                              eval_batch_size=ev.batch_size, num_workers=t.num_workers, seed=t.random_seed)
     module = build_module(cfg, classes)
     module.validation_images_dir = run_dir / "val_images"
+    debug_samples = typed(cfg, "augmentation").debug_samples
+    if debug_samples and is_global_zero():
+        write_augmented_samples(dm, classes, debug_samples, run_dir / "augmented_samples")
     ckpt = resume_path(cfg, run_dir)
     pretrained = typed(cfg, "model").pretrained_model_file
     if pretrained and ckpt is None:

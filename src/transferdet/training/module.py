@@ -55,7 +55,7 @@ class DetectNetModule(pl.LightningModule):
         self.classes = list(classes)
         g = {name: typed_group(name, config[name]) for name in GROUPS}
         self.aug, self.model_cfg, self.train_cfg = g["augmentation"], g["model"], g["training"]
-        self.eval_cfg = g["evaluation"]
+        self.eval_cfg, self.postprocessor_config = g["evaluation"], g["postprocessing"]
         pre = self.aug.preprocessing
         self.width, self.height = pre.output_image_width, pre.output_image_height
         m = self.model_cfg

@@ -1,0 +1,115 @@
+"""Export pieces: folding the input normalisation, ONNX parity, INT8 QDQ, TensorRT cache, DeepStream config."""
+
+from __future__ import annotations
+
+import configparser
+import math
+import struct
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from transferdet.config.schema import (
+    ClusteringConfig, PostprocessingClassConfig, PostprocessingConfig,
+)
+from transferdet.export.deepstream import write_deepstream
+from transferdet.export.onnx_export import INPUT_NAME, OUTPUT_NAMES, deployable, export_onnx
+from transferdet.export.quantize import activation_ranges, quantize_int8
+from transferdet.export.tensorrt_cache import read_cache, write_cache
+from transferdet.export.tensorrt_engine import build_engine
+from transferdet.models import build_detector
+
+H, W = 64, 128
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = build_detector(3, 10, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3)).eval()
+    with torch.no_grad():  # non-trivial BN statistics and heads, as after training
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 1.5)
+        m.output_cov.bias.fill_(0.0)
+    return m
+
+
+@pytest.fixture(scope="module")
+def onnx_fp32(model, tmp_path_factory):
+    return export_onnx(model, tmp_path_factory.mktemp("onnx") / "model_fp32.onnx", H, W)
+
+
+def test_folded_normalisation_is_exact_at_the_borders_too(model):
+    x = torch.rand(2, 3, H, W)
+    with torch.no_grad():
+        a, b = model(x), deployable(model)(x)
+    assert (a[0] - b[0]).abs().max() < 1e-5 and (a[1] - b[1]).abs().max() < 1e-4
+
+
+def test_onnx_contract_and_fp32_parity(model, onnx_fp32):
+    graph = onnx.load(str(onnx_fp32)).graph
+    assert [i.name for i in graph.input] == [INPUT_NAME]
+    assert [o.name for o in graph.output] == list(OUTPUT_NAMES)
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    session = ort.InferenceSession(str(onnx_fp32), providers=["CPUExecutionProvider"])
+    for n in (1, 3):
+        x = torch.rand(n, 3, H, W)
+        cov, bbox = session.run(None, {INPUT_NAME: x.numpy()})
+        with torch.no_grad():
+            ref = model(x)
+        assert np.abs(cov - ref[0].numpy()).max() < 1e-4 and np.abs(bbox - ref[1].numpy()).max() < 1e-3
+
+
+def test_int8_qdq_model_runs_and_its_ranges_make_a_valid_tensorrt_cache(onnx_fp32, tmp_path):
+    images = np.random.default_rng(0).random((16, 3, H, W), dtype=np.float32)
+    int8 = quantize_int8(onnx_fp32, tmp_path / "model_int8.onnx", images, "minmax", 8)
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    cov, bbox = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: images[:2]})
+    assert cov.shape == (2, 3, 4, 8) and np.isfinite(cov).all() and np.isfinite(bbox).all()
+    assert int8.stat().st_size < 0.4 * onnx_fp32.stat().st_size
+
+    ranges = activation_ranges(int8)
+    cache = write_cache(tmp_path / "calibration.cache", ranges)
+    lines = cache.read_text().splitlines()
+    assert lines[0] == "TRT-8601-EntropyCalibration2" and len(lines) == len(ranges) + 1 > 10
+    for line in lines[1:]:
+        name, hexval = line.rsplit(": ", 1)
+        scale = struct.unpack(">f", bytes.fromhex(hexval))[0]
+        assert name in ranges and math.isfinite(scale) and scale > 0
+        assert scale == pytest.approx(ranges[name] / 127, rel=1e-6)
+    assert read_cache(cache).keys() == ranges.keys()
+
+
+def test_deepstream_config_parses_and_names_existing_files(onnx_fp32, tmp_path):
+    post = PostprocessingConfig(target_class_config={c: PostprocessingClassConfig(ClusteringConfig())
+                                                     for c in ("car", "pedestrian")})
+    model = tmp_path / "model_fp32.onnx"
+    model.write_bytes(onnx_fp32.read_bytes())
+    config, labels = write_deepstream(tmp_path, onnx_file=model, classes=["car", "pedestrian"], width=W, height=H,
+                                      data_type="fp32", post=post)
+    ini = configparser.ConfigParser()
+    ini.read(config)
+    p = ini["property"]
+    assert (tmp_path / p["onnx-file"]).is_file() and (tmp_path / p["labelfile-path"]).is_file()
+    assert p["output-blob-names"].split(";") == list(OUTPUT_NAMES) and p["uff-input-blob-name"] == INPUT_NAME
+    assert p["infer-dims"] == f"3;{H};{W}" and p["network-mode"] == "0" and p["num-detected-classes"] == "2"
+    assert float(p["net-scale-factor"]) == pytest.approx(1 / 255)
+    assert labels.read_text().split() == ["car", "pedestrian"]
+    assert {"class-attrs-0", "class-attrs-1"} <= set(ini.sections())
+
+
+def test_engine_build_says_what_to_install_without_tensorrt(onnx_fp32, tmp_path):
+    pytest.importorskip("torch")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    note = build_engine(onnx_fp32, tmp_path / "model.engine", data_type="fp16", height=H, width=W, max_batch_size=4,
+                        workspace=1 << 30)
+    assert "TensorRT is not installed" in note and "trtexec" in note and not (tmp_path / "model.engine").exists()
