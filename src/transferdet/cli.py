@@ -50,7 +50,8 @@ TASKS: dict[str, Task] = {
                       "transferdet.tasks.calibrate:run"),
     "export": Task("ONNX fp32/fp16/int8, TensorRT cache and engine, DeepStream config",
                    "transferdet.tasks.export:run"),
-    "benchmark": Task("latency / throughput table across runtimes, precisions and batch sizes", None),
+    "benchmark": Task("latency / throughput table across runtimes, precisions and batch sizes",
+                      "transferdet.tasks.benchmark:run"),
     "pipeline": Task("the whole workflow, synth to report, in one command", None),
 }
 

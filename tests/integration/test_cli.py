@@ -89,9 +89,9 @@ def test_task_help_is_hydras(cli):
 
 
 def test_unavailable_task_says_so_plainly(cli, tmp_path):
-    r = cli("export", f"hydra.run.dir={tmp_path / 'run'}")
+    r = cli("prune", f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 2
-    assert "task 'export' is not available yet" in r.stderr and "Traceback" not in r.stderr
+    assert "task 'prune' is not available yet" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 

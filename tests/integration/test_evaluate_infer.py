@@ -149,3 +149,22 @@ def test_calibrate_writes_a_tensor_file_export_can_use(trained, tmp_path, cli):
     r = cli("export", f"checkpoint={trained['ckpt']}", f"dataset.root={trained['root']}", "export.data_type=int8",
             f"calibration.cal_data_file={bad}", f"hydra.run.dir={tmp_path / 'x'}")
     assert r.returncode == 2 and f"{bad}: calibration tensors are float32 [2, 3, 32, 32]" in r.stderr
+
+
+def test_benchmark_writes_a_table_json_and_chart(trained, tmp_path, cli):
+    r = cli("benchmark", f"benchmark.models={{unpruned: {trained['ckpt']}}}", f"dataset.root={trained['root']}",
+            "benchmark.batch_sizes=[1,2]", "benchmark.repeats=2", f"hydra.run.dir={tmp_path / 'bench'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
+    rows = out["rows"]
+    assert {(x["runtime"], x["precision"], x["batch"]) for x in rows} == {
+        (rt, p, b) for rt, p in (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")) for b in (1, 2)}
+    for x in rows:
+        assert x["e2e_ms_p50"] > 0 and x["network_ms_p50"] > 0 and 0 <= x["mAP"] <= 1
+        assert x["e2e_ms_p50"] >= x["network_ms_p50"] * 0.5
+    assert all(x["speedup_e2e"] == pytest.approx(1.0) for x in rows if x["runtime"] == "torch")
+    md = (tmp_path / "bench" / "benchmark.md").read_text()
+    assert md.count("\n") == 2 + len(rows) and "| unpruned | onnxruntime | int8 | 2 |" in md
+    assert (tmp_path / "bench" / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
+    r = cli("benchmark", f"hydra.run.dir={tmp_path / 'none'}")
+    assert r.returncode == 2 and "config key 'benchmark.models'" in r.stderr
