@@ -122,6 +122,8 @@ def test_wandb_offline_run_holds_the_logged_metrics(cli, tiny_root, tmp_path):
     assert sorted(p.name for p in (run / "augmented_samples").glob("*.png")) == [
         "sample_000.png", "sample_001.png", "sample_002.png"]
     assert list((run / "val_images").glob("epoch_*.png"))
+    # 1 epoch with checkpoint_interval 5: last.ckpt still holds the final state
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
 
 
 @pytest.mark.slow

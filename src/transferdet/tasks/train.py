@@ -137,6 +137,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         load_pretrained(module.model, pretrained, classes)
     trainer = build_trainer(cfg, run_dir)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    interval = t.checkpoint_interval
+    if interval <= 0 or t.num_epochs % interval:
+        # ModelCheckpoint wrote last.ckpt at the last multiple of checkpoint_interval: make it the final state
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
 
     metrics = {k: v for k, v in module.last_validation.items() if not k.startswith("val/num_gt")}
     metrics["train/loss"] = float(trainer.callback_metrics.get("train/loss", float("nan")))
