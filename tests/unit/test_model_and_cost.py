@@ -149,3 +149,22 @@ def test_non_finite_loss_stops_training_with_a_clear_message():
                   torch.zeros(1, dtype=torch.long), torch.arange(2))
     with pytest.raises(TrainingDiverged, match="the loss became nan at epoch 1.*max_learning_rate"):
         module.training_step(batch, 0)
+
+
+def test_training_precision_and_cost_scaling_map_onto_lightning():
+    from pytorch_lightning.plugins.precision import MixedPrecision
+
+    from transferdet.tasks.train import precision_plugins
+
+    assert precision_plugins(compose_task("train"), "cpu")[0] == "32-true"
+    bf16 = compose_task("train", ["training.training_precision.backend_floatx=BFLOAT16"])
+    assert precision_plugins(bf16, "cpu")[0] == "bf16-mixed"
+    fp16 = compose_task("train", ["training.training_precision.backend_floatx=FLOAT16", "training.cost_scaling.enabled=true",
+                                  "training.cost_scaling.initial_exponent=10", "training.cost_scaling.increment=0.5",
+                                  "training.cost_scaling.decrement=2"])
+    precision, plugins = precision_plugins(fp16, "cpu")
+    (mixed,) = [p for p in plugins if isinstance(p, MixedPrecision)]
+    scaler = mixed.scaler
+    assert precision is None and mixed.precision == "16-mixed"
+    assert scaler.get_scale() == 2.0 ** 10 and scaler.get_growth_factor() == pytest.approx(2 ** 0.5)
+    assert scaler.get_backoff_factor() == pytest.approx(0.25) and scaler.get_growth_interval() == 1
