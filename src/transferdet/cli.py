@@ -45,7 +45,7 @@ TASKS: dict[str, Task] = {
                      "transferdet.tasks.evaluate:run"),
     "infer": Task("detect objects in images, folders or videos; annotated outputs + KITTI labels",
                   "transferdet.tasks.infer:run"),
-    "prune": Task("structured channel pruning of a trained model", None),
+    "prune": Task("structured channel pruning of a trained model", "transferdet.tasks.prune:run"),
     "calibrate": Task("write an INT8 calibration tensor file from the training data",
                       "transferdet.tasks.calibrate:run"),
     "export": Task("ONNX fp32/fp16/int8, TensorRT cache and engine, DeepStream config",

@@ -168,3 +168,46 @@ def test_benchmark_writes_a_table_json_and_chart(trained, tmp_path, cli):
     assert (tmp_path / "bench" / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
     r = cli("benchmark", f"hydra.run.dir={tmp_path / 'none'}")
     assert r.returncode == 2 and "config key 'benchmark.models'" in r.stderr
+
+
+def test_prune_then_retrain_from_config_in_a_fresh_process(trained, tmp_path, cli):
+    import torch
+
+    from transferdet.inference.predictor import load_module
+
+    r = cli("prune", f"checkpoint={trained['ckpt']}", "pruning.target_ratio=0.3", f"hydra.run.dir={tmp_path / 'prune'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((tmp_path / "prune" / "metrics.json").read_text())
+    pruned_ckpt = tmp_path / "prune" / "pruned.ckpt"
+    pruned = load_module(pruned_ckpt)
+    assert metrics["prune/ratio"] <= 0.3 and metrics["prune/params_after"] == sum(p.numel() for p in pruned.model.parameters())
+    report = json.loads((tmp_path / "prune" / "pruning_report.json").read_text())
+    assert report["layers"] and (tmp_path / "prune" / "pruning_report.md").read_text().startswith("# Pruning report")
+
+    # retraining rebuilds the pruned architecture from config + channel plan; with no training step taken
+    # its checkpoint must compute what the pruned model computes
+    r = cli("train", f"dataset.root={trained['root']}", "model=resnet10", f"model.pruned_checkpoint={pruned_ckpt}",
+            *SIZE, "training.num_epochs=1", "+trainer.limit_train_batches=0", "training.num_workers=0",
+            "callbacks.progress_bar=null", f"hydra.run.dir={tmp_path / 'retrain'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    retrained = load_module(tmp_path / "retrain" / "checkpoints" / "last.ckpt")
+    x = torch.rand(2, 3, 64, 128)
+    with torch.no_grad():
+        a, b = pruned.model(x), retrained.model(x)
+    assert (a[0] - b[0]).abs().max() < 1e-5 and (a[1] - b[1]).abs().max() < 1e-5
+
+    # evaluate, infer and export take the pruned checkpoint like any other
+    r = cli("evaluate", f"checkpoint={pruned_ckpt}", f"dataset.root={trained['root']}", f"hydra.run.dir={tmp_path / 'ev'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = cli("export", f"checkpoint={pruned_ckpt}", f"dataset.root={trained['root']}", "export.max_map_drop=100",
+            f"hydra.run.dir={tmp_path / 'export'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "export" / "metrics.json").read_text())["parity/max_abs_diff_cov"] < 1e-4
+
+    # a pruned checkpoint that lost its channel plan is refused with the reason
+    obj = torch.load(pruned_ckpt, weights_only=True)
+    del obj["hyper_parameters"]["channel_plan"]
+    broken = tmp_path / "no_plan.ckpt"
+    torch.save(obj, broken)
+    r = cli("evaluate", f"checkpoint={broken}", f"dataset.root={trained['root']}", f"hydra.run.dir={tmp_path / 'x'}")
+    assert r.returncode == 2 and "without its channel plan" in r.stderr and "Traceback" not in r.stderr

@@ -386,6 +386,32 @@ class ExportConfig:
     engine: bool = True  # build a TensorRT engine where TensorRT and a GPU exist
 
 
+# --------------------------------------------------------------------------- pruning (task block)
+class Normalizer(Enum):
+    max = "max"
+    L2 = "L2"
+
+
+class EqualizationCriterion(Enum):
+    union = "union"
+    intersection = "intersection"
+    arithmetic_mean = "arithmetic_mean"
+    geometric_mean = "geometric_mean"
+
+
+@dataclass
+class PruningConfig:
+    """TLT ``tlt-prune`` options (-pth, -n, -eq, -pg, -nf, -el) plus a target parameter ratio."""
+
+    pruning_threshold: float = 0.1
+    normalizer: Normalizer = Normalizer.max
+    equalization_criterion: EqualizationCriterion = EqualizationCriterion.union
+    pruning_granularity: int = 8
+    min_num_filters: int = 16
+    excluded_layers: List[str] = field(default_factory=list)
+    target_ratio: Optional[float] = None  # find the threshold giving params(pruned)/params(original) <= this
+
+
 GROUP_SCHEMAS: Dict[str, Any] = {
     "dataset": DatasetConfig,
     "augmentation": AugmentationConfig,
@@ -398,6 +424,7 @@ GROUP_SCHEMAS: Dict[str, Any] = {
     "synth": SynthConfig,
     "export": ExportConfig,
     "calibration": CalibrationConfig,
+    "pruning": PruningConfig,
 }
 
 

@@ -214,6 +214,14 @@ def validate_calibration(c: S.CalibrationConfig) -> None:
     _positive_int("calibration.batch_size", c.batch_size)
 
 
+def validate_pruning(p: S.PruningConfig) -> None:
+    _require(p.pruning_threshold >= 0, "pruning.pruning_threshold", p.pruning_threshold, "a number >= 0")
+    _positive_int("pruning.pruning_granularity", p.pruning_granularity)
+    _positive_int("pruning.min_num_filters", p.min_num_filters)
+    if p.target_ratio is not None:
+        _in_range("pruning.target_ratio", p.target_ratio, 0, 1, lo_open=True)
+
+
 # group name -> validator; the order is the order of the checks
 _VALIDATORS = {
     "dataset": validate_dataset,
@@ -227,6 +235,7 @@ _VALIDATORS = {
     "synth": validate_synth,
     "export": validate_export,
     "calibration": validate_calibration,
+    "pruning": validate_pruning,
 }
 
 # where each group keeps its per-class map: group -> attribute path of the map

@@ -53,8 +53,17 @@ def load_module(path: str | Path, overrides: Sequence[str] = ()) -> DetectNetMod
         raise DataError(path, "not a transferdet checkpoint (no state_dict with hyper_parameters config/classes); "
                               "a plain backbone state dict goes to model.pretrained_model_file")
     config = apply_overrides(hp["config"], overrides, GROUPS)
-    module = DetectNetModule(config, hp["classes"])
-    missing, unexpected = module.load_state_dict(obj["state_dict"], strict=False)
+    try:
+        module = DetectNetModule(config, hp["classes"], hp.get("channel_plan"))
+    except KeyError as err:
+        raise DataError(path, f"the checkpoint's channel plan does not fit a ResNet-{config['model']['num_layers']}: "
+                              f"{err}") from None
+    try:
+        missing, unexpected = module.load_state_dict(obj["state_dict"], strict=False)
+    except RuntimeError as err:  # tensor shapes differ from the architecture
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)[:200])
+        raise DataError(path, f"tensor shapes do not match the architecture (a pruned checkpoint without its "
+                              f"channel plan?): {first}") from None
     if missing or unexpected:
         raise DataError(path, f"checkpoint does not fit its own architecture: missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]}")

@@ -98,8 +98,30 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
 
 
 def build_module(cfg: DictConfig, classes: list[str]) -> DetectNetModule:
+    """The module for ``cfg``; with ``model.pruned_checkpoint`` the pruned architecture and its weights
+    (TLT's ``load_graph: true``)."""
     config = {g: OmegaConf.to_container(cfg[g], resolve=True, enum_to_str=True) for g in GROUPS}
-    return DetectNetModule(config, classes)
+    pruned = typed(cfg, "model").pruned_checkpoint
+    if not pruned:
+        return DetectNetModule(config, classes)
+    from transferdet.models.checkpoint import load_tensor_file
+
+    obj = load_tensor_file(pruned, "model.pruned_checkpoint")
+    hp = obj.get("hyper_parameters") or {}
+    if "channel_plan" not in hp or "state_dict" not in obj:
+        raise DataError(pruned, "not a pruned checkpoint (no channel plan): write one with `transferdet prune`")
+    if list(hp.get("classes", [])) != list(classes):
+        raise ConfigError("dataset.target_class_mapping", classes,
+                          f"the pruned checkpoint's classes in the same order: {', '.join(hp.get('classes', []))}")
+    module = DetectNetModule(config, classes, hp["channel_plan"])
+    state = {k[len("model."):]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
+    try:
+        module.model.load_state_dict(state)
+    except RuntimeError as err:
+        raise DataError(pruned, f"weights do not fit the channel plan: {str(err).splitlines()[0]}") from None
+    log.info("retraining the pruned model of %s (%d parameters)", pruned,
+             sum(p.numel() for p in module.model.parameters()))
+    return module
 
 
 def write_augmented_samples(dm: DetectionDataModule, classes: list[str], count: int, folder: Path) -> None:

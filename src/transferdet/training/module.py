@@ -49,9 +49,13 @@ def validation_due(epoch: int, num_epochs: int, ev: S.EvaluationConfig) -> bool:
 
 
 class DetectNetModule(pl.LightningModule):
-    def __init__(self, config: dict, classes: list[str]) -> None:
+    def __init__(self, config: dict, classes: list[str], channel_plan: dict[str, list[int]] | None = None) -> None:
+        """``channel_plan``: the layer shapes of a pruned model (see transferdet.pruning), None = unpruned."""
         super().__init__()
-        self.save_hyperparameters({"config": config, "classes": list(classes)})
+        hparams = {"config": config, "classes": list(classes)}
+        if channel_plan:
+            hparams["channel_plan"] = channel_plan
+        self.save_hyperparameters(hparams)
         self.classes = list(classes)
         g = {name: typed_group(name, config[name]) for name in GROUPS}
         self.aug, self.model_cfg, self.train_cfg = g["augmentation"], g["model"], g["training"]
@@ -61,6 +65,10 @@ class DetectNetModule(pl.LightningModule):
         m = self.model_cfg
         self.model = DetectNetV2(len(classes), m.num_layers, use_batch_norm=m.use_batch_norm,
                                  mean=m.input_normalization.mean, std=m.input_normalization.std)
+        if channel_plan:
+            from transferdet.pruning.pruner import apply_channel_plan
+
+            apply_channel_plan(self.model, channel_plan)
         box = m.objective_set.bbox
         self.rasterizer = Rasterizer(classes, g["rasterizer"], width=self.width, height=self.height, stride=STRIDE,
                                      bbox_scale=box.scale, bbox_offset=box.offset)

@@ -1,0 +1,1 @@
+"""Structured pruning that shrinks the network: TLT's criterion on Torch-Pruning's dependency graph."""
