@@ -89,9 +89,9 @@ def test_task_help_is_hydras(cli):
 
 
 def test_unavailable_task_says_so_plainly(cli, tmp_path):
-    r = cli("prune", f"hydra.run.dir={tmp_path / 'run'}")
+    r = cli("pipeline", f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 2
-    assert "task 'prune' is not available yet" in r.stderr and "Traceback" not in r.stderr
+    assert "task 'pipeline' is not available yet" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
@@ -106,9 +106,13 @@ def test_multirun_gives_each_job_its_run_directory(cli, tmp_path):
     assert a.read_bytes() != b.read_bytes()
 
 
-def test_default_run_directory_is_under_outputs(cli, tmp_path):
-    r = cli("synth", "dataset.root=data/tiny", "synth.num_images=2", cwd=tmp_path)
+def test_default_run_directory_is_under_outputs_and_relative_roots_work(cli, tmp_path):
+    r = cli("synth", "dataset.root=data/tiny", "synth.num_images=6", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     runs = list((tmp_path / "outputs" / "synth").iterdir())
     assert len(runs) == 1 and (runs[0] / "metrics.json").is_file() and (runs[0] / "config.yaml").is_file()
-    assert len(list((tmp_path / "data" / "tiny" / "image_2").glob("*.png"))) == 2
+    assert len(list((tmp_path / "data" / "tiny" / "image_2").glob("*.png"))) == 6
+    r = cli("convert", "dataset.root=data/tiny", cwd=tmp_path)  # a root relative to the working directory
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "data" / "tiny" / "converted" / "manifest.json").read_text())
+    assert manifest["source"]["root"] == str((tmp_path / "data" / "tiny").resolve())

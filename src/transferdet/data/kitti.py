@@ -213,7 +213,7 @@ def scan_dataset(
     """Read and validate a KITTI-layout folder. Returns records sorted by id, and the warnings."""
     from tqdm import tqdm
 
-    root = Path(root)
+    root = Path(root).resolve()  # records carry absolute paths: the converted form is read from anywhere
     image_dir, label_dir = root / image_dir_name, root / label_dir_name
     if not root.is_dir():
         raise DataError(root, "dataset root does not exist (config key dataset.root)")
