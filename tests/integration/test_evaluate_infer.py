@@ -211,3 +211,15 @@ def test_prune_then_retrain_from_config_in_a_fresh_process(trained, tmp_path, cl
     torch.save(obj, broken)
     r = cli("evaluate", f"checkpoint={broken}", f"dataset.root={trained['root']}", f"hydra.run.dir={tmp_path / 'x'}")
     assert r.returncode == 2 and "without its channel plan" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_prune_sensitivity_sweep_draws_a_pareto_plot(trained, tmp_path, cli):
+    r = cli("prune", f"checkpoint={trained['ckpt']}", f"dataset.root={trained['root']}", "sweep=true",
+            "sweep_ratios=[0.5,0.25]", f"hydra.run.dir={tmp_path / 'sweep'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [row["target_ratio"] for row in rows] == [1.0, 0.5, 0.25]
+    assert rows[0]["params"] > rows[1]["params"] > rows[2]["params"] and rows[2]["ratio"] <= 0.25
+    assert all(0 <= row["mAP"] <= 1 and row["latency_ms"] > 0 and row["flops"] > 0 for row in rows)
+    assert (tmp_path / "sweep" / "sweep_pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 0.250 |" in (tmp_path / "sweep" / "sweep.md").read_text()
