@@ -143,3 +143,30 @@ def test_training_on_synthetic_data_reaches_a_measured_map(cli, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["val/mAP"] > 0.08, metrics
     assert metrics["val/AP/car"] > 0.1
+
+
+def test_pruning_callback_shrinks_during_training_and_resume_restores_the_shape(cli, tiny_root, tmp_path):
+    run = tmp_path / "run"
+    callback = "+callbacks.pruning={_target_: transferdet.callbacks.PruningCallback, epochs: [1], target_ratio: 0.4}"
+    r = cli("train", f"dataset.root={tiny_root}", *TINY, "training.num_epochs=2", "training.checkpoint_interval=1",
+            callback, f"hydra.run.dir={run}", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = torch.load(run / "checkpoints" / "epoch_000.ckpt", weights_only=True)
+    final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    from transferdet.models import build_detector
+
+    full = sum(p.numel() for p in build_detector(3, 10).parameters())  # unpruned ResNet-10 DetectNet_v2
+    params = lambda ckpt: sum(v.numel() for k, v in ckpt["state_dict"].items()  # noqa: E731
+                              if k.startswith("model.") and not k.endswith(("running_mean", "running_var",
+                                                                            "num_batches_tracked", ".mean", ".std")))
+    assert "channel_plan" in final["hyper_parameters"] and params(final) <= 0.4 * full
+    assert params(first) == params(final)  # epoch 1's checkpoint was written after the pruning step
+    assert final["global_step"] == 16
+
+    # resume from the checkpoint taken after pruning: the pruned shape comes back, nothing is pruned twice
+    r = cli("train", f"dataset.root={tiny_root}", *TINY, "training.num_epochs=3", callback,
+            f"training.resume={run / 'checkpoints' / 'epoch_000.ckpt'}", f"hydra.run.dir={tmp_path / 'resumed'}",
+            timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert params(resumed) == params(first) and resumed["global_step"] == 24

@@ -1,5 +1,6 @@
 """Lightning callbacks of transferdet (selected in the ``callbacks`` config group)."""
 
 from transferdet.callbacks.data_order import DataOrderLog
+from transferdet.callbacks.pruning import PruningCallback
 
-__all__ = ["DataOrderLog"]
+__all__ = ["DataOrderLog", "PruningCallback"]

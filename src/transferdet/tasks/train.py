@@ -97,14 +97,19 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
     return instantiate(cfg.trainer, **kwargs)
 
 
-def build_module(cfg: DictConfig, classes: list[str]) -> DetectNetModule:
+def build_module(cfg: DictConfig, classes: list[str], resume_from: str | None = None) -> DetectNetModule:
     """The module for ``cfg``; with ``model.pruned_checkpoint`` the pruned architecture and its weights
-    (TLT's ``load_graph: true``)."""
+    (TLT's ``load_graph: true``); when resuming, the architecture of the checkpoint resumed from (which a
+    pruning callback may have shrunk)."""
+    from transferdet.models.checkpoint import load_tensor_file
+
     config = {g: OmegaConf.to_container(cfg[g], resolve=True, enum_to_str=True) for g in GROUPS}
+    if resume_from:
+        plan = (load_tensor_file(resume_from, "training.resume").get("hyper_parameters") or {}).get("channel_plan")
+        return DetectNetModule(config, classes, plan)
     pruned = typed(cfg, "model").pruned_checkpoint
     if not pruned:
         return DetectNetModule(config, classes)
-    from transferdet.models.checkpoint import load_tensor_file
 
     obj = load_tensor_file(pruned, "model.pruned_checkpoint")
     hp = obj.get("hyper_parameters") or {}
@@ -148,12 +153,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     ev = typed(cfg, "evaluation")
     dm = DetectionDataModule(converted, typed(cfg, "augmentation"), batch_size=t.batch_size_per_gpu,
                              eval_batch_size=ev.batch_size, num_workers=t.num_workers, seed=t.random_seed)
-    module = build_module(cfg, classes)
+    ckpt = resume_path(cfg, run_dir)
+    module = build_module(cfg, classes, resume_from=ckpt)
     module.validation_images_dir = run_dir / "val_images"
     debug_samples = typed(cfg, "augmentation").debug_samples
     if debug_samples and is_global_zero():
         write_augmented_samples(dm, classes, debug_samples, run_dir / "augmented_samples")
-    ckpt = resume_path(cfg, run_dir)
     pretrained = typed(cfg, "model").pretrained_model_file
     if pretrained and ckpt is None:
         load_pretrained(module.model, pretrained, classes)
