@@ -67,6 +67,10 @@ class Augmenter:
         self.width = cfg.preprocessing.output_image_width
         self.height = cfg.preprocessing.output_image_height
 
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """An image alone (no boxes) as the network takes it: ``[3, H, W]`` float in [0, 1]."""
+        return self(image, np.zeros((0, 4), np.float32), np.zeros(0, bool), 0).image
+
     def __call__(self, image: np.ndarray, boxes: np.ndarray, is_object: np.ndarray, index: int,
                  epoch: int = 0) -> Sample:
         """``image [h, w, 3]`` uint8 RGB; ``boxes [N, 4]`` pixels; ``is_object [N]`` (False = ignore region)."""

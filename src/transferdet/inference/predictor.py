@@ -108,7 +108,7 @@ class Predictor:
         self.augmenter = Augmenter(module.aug, train=False)
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        return self.augmenter(image, np.zeros((0, 4), np.float32), np.zeros(0, bool), 0).image
+        return self.augmenter.preprocess(image)
 
     def to_image_coordinates(self, det: Detections, width: int, height: int) -> Detections:
         boxes = det.boxes.copy()

@@ -23,20 +23,25 @@ log = logging.getLogger(__name__)
 CALIBRATION_FILE = "calibration.npy"
 
 
+def preprocessed(paths: list, augmentation: AugmentationConfig) -> np.ndarray:
+    """Image files as the network takes them at inference: float32 [N, 3, H, W] in [0, 1]."""
+    from transferdet.data.augment import Augmenter
+    from transferdet.data.loader import load_rgb
+
+    augmenter = Augmenter(augmentation, train=False)
+    return np.stack([augmenter.preprocess(load_rgb(p)).numpy() for p in paths])
+
+
 def calibration_images(cfg: DictConfig, augmentation: AugmentationConfig, count: int) -> np.ndarray:
     """The first ``count`` training images of a seeded shuffle, preprocessed without augmentation."""
-    from transferdet.data.augment import Augmenter
     from transferdet.data.converted import ConvertedDataset
-    from transferdet.data.loader import load_rgb
     from transferdet.tasks.train import ensure_converted
 
     split = ConvertedDataset(ensure_converted(cfg)).split("train")
     if len(split) == 0:
         raise DataError(cfg.dataset.root, "the training split has no images to calibrate with")
     order = np.random.default_rng(0).permutation(len(split))[:count]
-    augmenter = Augmenter(augmentation, train=False)
-    out = np.stack([augmenter(load_rgb(split[int(i)].image_path), np.zeros((0, 4), np.float32), np.zeros(0, bool), 0)
-                    .image.numpy() for i in order])
+    out = preprocessed([split[int(i)].image_path for i in order], augmentation)
     if len(out) < count:
         log.warning("the training split has %d images, fewer than the %d asked for calibration", len(out), count)
     return out

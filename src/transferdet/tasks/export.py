@@ -30,7 +30,7 @@ from transferdet.export.quantize import activation_ranges, quantize_int8
 from transferdet.export.tensorrt_cache import write_cache
 from transferdet.export.tensorrt_engine import build_engine
 from transferdet.inference.predictor import ONNX_CLASSES_KEY, ONNX_CONFIG_KEY, Predictor, load_module
-from transferdet.tasks.calibrate import calibration_images, load_calibration_file
+from transferdet.tasks.calibrate import calibration_images, load_calibration_file, preprocessed
 from transferdet.tasks.evaluate import evaluate_model, user_overrides
 from transferdet.utils.io import atomic_path, write_json_atomic
 
@@ -107,14 +107,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 
     # parity: outputs on real validation images, then mAP of every precision on the validation split
     from transferdet.data.converted import ConvertedDataset
-    from transferdet.data.augment import Augmenter
-    from transferdet.data.loader import load_rgb
     from transferdet.tasks.train import ensure_converted
 
     val = ConvertedDataset(ensure_converted(cfg)).split("val")
-    augmenter = Augmenter(module.aug, train=False)
-    sample = np.stack([augmenter(load_rgb(val[i].image_path), np.zeros((0, 4), np.float32), np.zeros(0, bool), 0)
-                       .image.numpy() for i in range(min(e.parity_images, len(val)))])
+    sample = preprocessed([val[i].image_path for i in range(min(e.parity_images, len(val)))], module.aug)
     diff = output_parity(checkpoint, fp32, sample)
     metrics = {"parity/max_abs_diff_cov": diff["cov"], "parity/max_abs_diff_bbox": diff["bbox"]}
     maps = {"torch": evaluate_model(cfg, checkpoint, "torch")}
