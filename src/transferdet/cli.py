@@ -21,7 +21,7 @@ from typing import Callable
 from omegaconf import DictConfig, OmegaConf
 
 from transferdet import __version__
-from transferdet.errors import TaskNotAvailable, TransferdetError
+from transferdet.errors import TransferdetError
 
 log = logging.getLogger("transferdet")
 
@@ -32,7 +32,7 @@ EXIT_USER_ERROR = 2
 @dataclass(frozen=True)
 class Task:
     summary: str
-    target: str | None  # "module:function", None while the task is not implemented
+    target: str  # "module:function"
 
 
 TASKS: dict[str, Task] = {
@@ -52,7 +52,8 @@ TASKS: dict[str, Task] = {
                    "transferdet.tasks.export:run"),
     "benchmark": Task("latency / throughput table across runtimes, precisions and batch sizes",
                       "transferdet.tasks.benchmark:run"),
-    "pipeline": Task("the whole workflow, synth to report, in one command", None),
+    "pipeline": Task("the whole workflow, synth to report, in one command (resumable)",
+                     "transferdet.tasks.pipeline:run"),
 }
 
 
@@ -67,8 +68,7 @@ def _usage() -> str:
         "tasks:",
     ]
     for name, task in TASKS.items():
-        note = "" if task.target else "   [not available yet]"
-        lines.append(f"  {name:<{width}}  {task.summary}{note}")
+        lines.append(f"  {name:<{width}}  {task.summary}")
     lines += [
         "",
         "Each run writes to its own directory under outputs/ (hydra.run.dir=DIR to choose it),",
@@ -78,13 +78,7 @@ def _usage() -> str:
 
 
 def _resolve(task_name: str) -> Callable[[DictConfig, Path], dict]:
-    target = TASKS[task_name].target
-    if target is None:
-        available = ", ".join(n for n, t in TASKS.items() if t.target)
-        raise TaskNotAvailable(
-            f"task '{task_name}' is not available yet in transferdet {__version__}; available now: {available}"
-        )
-    module, func = target.split(":")
+    module, func = TASKS[task_name].target.split(":")
     return getattr(importlib.import_module(module), func)
 
 

@@ -26,6 +26,3 @@ class DataError(TransferdetError):
         where = f"{path}:{line}" if line is not None else str(path)
         super().__init__(f"{where}: {message}")
 
-
-class TaskNotAvailable(TransferdetError):
-    """The task exists in the CLI but is not implemented in this version."""

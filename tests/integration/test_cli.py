@@ -88,13 +88,6 @@ def test_task_help_is_hydras(cli):
     assert r.returncode == 0 and "transferdet convert" in r.stdout and "dataset:" in r.stdout
 
 
-def test_unavailable_task_says_so_plainly(cli, tmp_path):
-    r = cli("pipeline", f"hydra.run.dir={tmp_path / 'run'}")
-    assert r.returncode == 2
-    assert "task 'pipeline' is not available yet" in r.stderr and "Traceback" not in r.stderr
-    assert not (tmp_path / "run" / "metrics.json").exists()
-
-
 def test_multirun_gives_each_job_its_run_directory(cli, tmp_path):
     r = cli("synth", "-m", f"dataset.root={tmp_path}/ds_${{synth.seed}}", "synth.num_images=3", "synth.seed=1,2",
             f"hydra.sweep.dir={tmp_path / 'sweep'}")

@@ -31,7 +31,7 @@ PRUNED_CHECKPOINT = "pruned.ckpt"
 
 def report_markdown(r: PruneReport, threshold: float) -> str:
     lines = ["# Pruning report", "",
-             f"- pruning ratio (params pruned / original): **{r.ratio:.4f}** (threshold {threshold:.6g})",
+             f"- pruning ratio (pruned model params / original): **{r.ratio:.4f}** (threshold {threshold:.6g})",
              f"- parameters: {r.params_before:,} -> {r.params_after:,}",
              f"- FLOPs per image: {r.flops_before / 1e9:.3f} G -> {r.flops_after / 1e9:.3f} G "
              f"({r.flops_after / r.flops_before:.3f})", "",
