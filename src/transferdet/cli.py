@@ -57,8 +57,15 @@ TASKS: dict[str, Task] = {
 }
 
 
+# commands that are not Hydra tasks: name -> (summary, "module:function" taking argv)
+COMMANDS: dict[str, Task] = {
+    "import-spec": Task("convert a TLT/TAO DetectNet_v2 spec file into conf/experiment/<name>.yaml",
+                        "transferdet.config.import_command:main"),
+}
+
+
 def _usage() -> str:
-    width = max(map(len, TASKS))
+    width = max(map(len, [*TASKS, *COMMANDS]))
     lines = [
         f"transferdet {__version__}: transfer-learning toolkit for object detection",
         "",
@@ -69,6 +76,8 @@ def _usage() -> str:
     ]
     for name, task in TASKS.items():
         lines.append(f"  {name:<{width}}  {task.summary}")
+    for name, command in COMMANDS.items():
+        lines.append(f"  {name:<{width}}  {command.summary} (transferdet {name} --help)")
     lines += [
         "",
         "Each run writes to its own directory under outputs/ (hydra.run.dir=DIR to choose it),",
@@ -142,6 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv[0] in ("-V", "--version"):
         print(f"transferdet {__version__}")
         return
+    if argv[0] in COMMANDS:
+        module, func = COMMANDS[argv[0]].target.split(":")
+        sys.exit(getattr(importlib.import_module(module), func)(argv[1:]))
     if argv[0] in TASKS:
         task_name, rest = argv[0], argv[1:]
     else:

@@ -79,7 +79,7 @@ def test_help_lists_every_task(cli):
     r = cli("--help")
     assert r.returncode == 0
     for task in ("synth", "convert", "train", "evaluate", "infer", "prune", "calibrate", "export", "benchmark",
-                 "pipeline"):
+                 "pipeline", "import-spec"):
         assert f"\n  {task} " in r.stdout
 
 

@@ -1,0 +1,341 @@
+"""Import a TLT / TAO DetectNet_v2 experiment spec (protobuf text format) as a transferdet experiment.
+
+``transferdet import-spec path/to/spec.txt`` reads the spec's eight blocks (``dataset_config``,
+``augmentation_config``, ``model_config``, ``training_config``, ``evaluation_config``,
+``bbox_rasterizer_config``, ``postprocessing_config``, ``cost_function_config``) and ``random_seed``,
+and writes ``conf/experiment/<name>.yaml``: each block becomes our group of the same meaning, map
+entries (``key: .. value ..``) become per-class maps, and every key that has no counterpart is listed,
+with its line, at the top of the file and on the terminal. The result is checked by composing and
+validating ``transferdet train experiment=<name>`` before it is written.
+
+The parser reads protobuf text format without the ``.proto`` files (TLT's are not public in a usable
+form): fields ``name: value`` and ``name { ... }``, repeated fields, ``#`` and ``//`` comments, and the
+typographic quotes that specs copied from web pages often carry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from transferdet.config import schema as S
+from transferdet.errors import ConfigError, DataError
+
+# --------------------------------------------------------------------------- protobuf text format
+
+
+@dataclass
+class Field:
+    name: str
+    value: Any  # str | float | int | bool | list[Field] (a message)
+    line: int
+
+
+_TOKEN = re.compile(r"""
+    (?P<ws>[ \t\r\f\v]+) | (?P<nl>\n) | (?P<comment>(\#|//)[^\n]*)
+  | (?P<string>"(?:[^"\\\n]|\\.)*" | '(?:[^'\\\n]|\\.)*' | “[^”\n]*” | ‘[^’\n]*’ | ”[^”\n]*” )
+  | (?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?[fF]?(?![\w.]))
+  | (?P<ident>[A-Za-z_][\w.]*)
+  | (?P<punct>[{}:<>\[\],;])
+""", re.VERBOSE)
+
+
+def _tokens(text: str, path: Path) -> list[tuple[str, str, int]]:
+    out, line, pos = [], 1, 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m:
+            raise DataError(path, f"unexpected character {text[pos]!r} in a protobuf text spec", line)
+        kind = m.lastgroup
+        if kind == "nl":
+            line += 1
+        elif kind not in ("ws", "comment"):
+            out.append((kind, m.group(), line))
+        pos = m.end()
+    return out
+
+
+def _scalar(kind: str, text: str) -> Any:
+    if kind == "string":
+        return text[1:-1].encode().decode("unicode_escape") if text[0] in "\"'" else text[1:-1]
+    if kind == "number":
+        text = text.rstrip("fF")
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    return {"true": True, "false": False, "True": True, "False": False}.get(text, text)
+
+
+def parse(text: str, path: Path) -> list[Field]:
+    """The spec as a list of fields (a message); nested messages are lists of fields too."""
+    tokens = _tokens(text, path)
+    pos = 0
+
+    def error(msg: str) -> DataError:
+        line = tokens[min(pos, len(tokens) - 1)][2] if tokens else 1
+        return DataError(path, msg, line)
+
+    def message(close: str | None, opened: tuple[str, int] = ("", 0)) -> list[Field]:
+        nonlocal pos
+        fields: list[Field] = []
+        while True:
+            if pos == len(tokens):
+                if close:
+                    raise DataError(path, f"block '{opened[0]}' opened at line {opened[1]} has no closing '{close}'",
+                                    tokens[-1][2])
+                return fields
+            kind, text, line = tokens[pos]
+            if close and text == close:
+                pos += 1
+                return fields
+            if kind != "ident":
+                raise error(f"expected a field name, found {text!r}")
+            pos += 1
+            colon = pos < len(tokens) and tokens[pos][1] == ":"
+            pos += colon
+            if pos == len(tokens):
+                raise error(f"field {text!r} has no value")
+            kind2, text2, _ = tokens[pos]
+            if text2 in ("{", "<"):
+                pos += 1
+                fields.append(Field(text, message("}" if text2 == "{" else ">", (text, line)), line))
+            elif text2 == "[":
+                pos += 1
+                while tokens[pos][1] != "]":
+                    k, t, _ = tokens[pos]
+                    if k not in ("string", "number", "ident"):
+                        raise error(f"expected a value in the list of {text!r}, found {t!r}")
+                    fields.append(Field(text, _scalar(k, t), line))
+                    pos += 1
+                    if tokens[pos][1] == ",":
+                        pos += 1
+                pos += 1
+            elif colon and kind2 in ("string", "number", "ident"):
+                fields.append(Field(text, _scalar(kind2, text2), line))
+                pos += 1
+            else:
+                raise error(f"expected a value or '{{' after {text!r}, found {text2!r}")
+            if pos < len(tokens) and tokens[pos][1] in (",", ";"):
+                pos += 1
+
+    return message(None)
+
+
+# --------------------------------------------------------------------------- spec -> our groups
+
+BLOCKS = {  # TLT block -> (our group, its schema)
+    "dataset_config": ("dataset", S.DatasetConfig),
+    "augmentation_config": ("augmentation", S.AugmentationConfig),
+    "model_config": ("model", S.ModelConfig),
+    "training_config": ("training", S.TrainingConfig),
+    "evaluation_config": ("evaluation", S.EvaluationConfig),
+    "bbox_rasterizer_config": ("rasterizer", S.RasterizerConfig),
+    "postprocessing_config": ("postprocessing", S.PostprocessingConfig),
+    "cost_function_config": ("cost", S.CostConfig),
+}
+TLT_MODEL_SUFFIXES = (".hdf5", ".h5", ".tlt", ".etlt")
+# repeated messages keyed by their own `name` field (not key/value map entries)
+NAMED_LISTS = {("cost", "target_classes"), ("cost", "objectives")}
+
+
+@dataclass
+class Imported:
+    groups: dict[str, dict] = field(default_factory=dict)
+    unmapped: list[str] = field(default_factory=list)  # "block.key (line N): why"
+    notes: list[str] = field(default_factory=list)
+
+
+def _hints(tp: type) -> dict[str, Any]:
+    return typing.get_type_hints(tp, vars(S))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:  # Optional[X]
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        names = {m.value.lower(): m.value for m in tp}
+        if str(value).lower() not in names:
+            raise ConfigError(where, value, ", ".join(m.value for m in tp))
+        return names[str(value).lower()]
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and isinstance(value, bool) or tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, (str, int, float)):
+        return str(value)
+    raise ConfigError(where, value, f"a {getattr(tp, '__name__', tp)} (the spec's value does not fit transferdet's key)")
+
+
+def _message(fields: list[Field], tp: type, group: str, path: str, out: Imported) -> dict:
+    """One spec message as a dict of the dataclass ``tp``'s keys; unknown keys go to ``out.unmapped``."""
+    hints = _hints(tp)
+    result: dict[str, Any] = {}
+    for f in fields:
+        where = f"{path}.{f.name}"
+        if f.name not in hints:
+            out.unmapped.append(f"{where} (line {f.line})")
+            continue
+        tp_f = hints[f.name]
+        origin, args = typing.get_origin(tp_f), typing.get_args(tp_f)
+        if origin in (dict, typing.Dict):
+            item_tp = args[1]
+            entries = result.setdefault(f.name, {})
+            if not isinstance(f.value, list):
+                raise DataError(where, f"expected a map entry {{ key: ... value: ... }} at line {f.line}")
+            if (group, f.name) in NAMED_LISTS:
+                name = next((x.value for x in f.value if x.name == "name"), None)
+                body = [x for x in f.value if x.name != "name"]
+            else:
+                name = next((x.value for x in f.value if x.name == "key"), None)
+                body = next((x.value for x in f.value if x.name == "value"), None)
+            if name is None or body is None:
+                raise DataError(where, f"map entry at line {f.line} needs a key (or name) and a value")
+            key = str(name)
+            if dataclasses.is_dataclass(item_tp):
+                entries[key] = _message(body if isinstance(body, list) else [], item_tp, group, f"{where}.{key}", out)
+            else:
+                entries[key] = _coerce(body, item_tp, f"{where}.{key}")
+        elif origin in (list, typing.List):
+            if isinstance(f.value, list):
+                raise DataError(where, f"expected a value (repeated for a list) at line {f.line}, found a block")
+            result.setdefault(f.name, []).append(_coerce(f.value, args[0], where))
+        elif dataclasses.is_dataclass(tp_f):
+            if not isinstance(f.value, list):
+                raise DataError(where, f"expected a block {{ ... }} at line {f.line}")
+            result[f.name] = _message(f.value, tp_f, group, where, out)
+        else:
+            if isinstance(f.value, list):
+                raise DataError(where, f"expected a single value at line {f.line}, found a block")
+            result[f.name] = _coerce(f.value, tp_f, where)
+    return result
+
+
+def _pop(fields: list[Field], name: str) -> list[Field]:
+    taken = [f for f in fields if f.name == name]
+    fields[:] = [f for f in fields if f.name != name]
+    return taken
+
+
+def convert(spec: list[Field]) -> Imported:
+    out = Imported()
+    training_extra: dict = {}
+    for f in spec:
+        if f.name == "random_seed":
+            training_extra["random_seed"] = _coerce(f.value, int, "random_seed")
+            continue
+        if f.name not in BLOCKS:
+            out.unmapped.append(f"{f.name} (line {f.line})")
+            continue
+        group, tp = BLOCKS[f.name]
+        fields = list(f.value) if isinstance(f.value, list) else []
+        if group == "dataset":
+            for src in _pop(fields, "data_sources"):
+                for x in src.value:
+                    if x.name == "image_directory_path":
+                        out.groups.setdefault("dataset", {})["root"] = str(x.value)
+                    elif x.name == "tfrecords_path":
+                        out.notes.append(f"dataset_config.data_sources.tfrecords_path (line {x.line}): not needed, "
+                                         "transferdet converts dataset.root itself")
+                    else:
+                        out.unmapped.append(f"dataset_config.data_sources.{x.name} (line {x.line})")
+            for ext in _pop(fields, "image_extension"):
+                out.groups.setdefault("dataset", {})["image_extension"] = "." + str(ext.value).lstrip(".")
+        if group == "model":
+            for p in _pop(fields, "training_precision"):
+                training_extra["training_precision"] = _message(p.value, S.TrainingPrecisionConfig, "training",
+                                                                "model_config.training_precision", out)
+            load_graph = any(x.value is True for x in _pop(fields, "load_graph"))
+            if load_graph:
+                for p in _pop(fields, "pretrained_model_file"):
+                    out.groups.setdefault("model", {})["pruned_checkpoint"] = str(p.value)
+                    out.notes.append(f"model_config.load_graph (line {p.line}): the pruned model goes to "
+                                     "model.pruned_checkpoint (a transferdet pruned.ckpt, not a TLT .tlt file)")
+            for p in _pop(fields, "pretrained_model_file"):
+                if Path(str(p.value)).suffix.lower() in TLT_MODEL_SUFFIXES:
+                    out.notes.append(f"model_config.pretrained_model_file (line {p.line}): {p.value} is a TLT/Keras "
+                                     "model transferdet cannot read; set model.pretrained_model_file to a local "
+                                     "PyTorch ResNet state dict (.pth / .safetensors)")
+                else:
+                    out.groups.setdefault("model", {})["pretrained_model_file"] = str(p.value)
+        body = _message(fields, tp, group, f.name, out)
+        out.groups[group] = {**out.groups.get(group, {}), **body}
+    if training_extra:
+        out.groups["training"] = {**out.groups.get("training", {}), **training_extra}
+    return out
+
+
+def experiment_yaml(imported: Imported, source: Path) -> str:
+    from omegaconf import OmegaConf
+
+    head = ["# @package _global_", f"# Imported from the TLT spec {source} by `transferdet import-spec`.",
+            "# Blocks of the spec start from transferdet's schema defaults (TLT's proto defaults), not the",
+            "# synthetic quickstart's values."]
+    if imported.unmapped:
+        head += ["# Spec keys with no transferdet counterpart (ignored):"] + [f"#   {u}" for u in imported.unmapped]
+    head += [f"# Note: {n}" for n in imported.notes]
+    defaults = {"defaults": [{f"override /{g}": "base"} for g in imported.groups]}
+    body = OmegaConf.to_yaml(OmegaConf.create({**defaults, **imported.groups}))
+    return "\n".join(head) + "\n" + body
+
+
+def default_output_root() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("transferdet.conf")))
+
+
+def import_spec(spec_path: str | Path, name: str | None = None, output_root: str | Path | None = None,
+                force: bool = False) -> tuple[Path, Imported]:
+    """Write ``<output_root>/experiment/<name>.yaml`` from a TLT spec; check it composes and validates first."""
+    from transferdet.utils.io import atomic_path
+
+    spec_path = Path(spec_path)
+    if not spec_path.is_file():
+        raise ConfigError("spec", str(spec_path), "an existing TLT/TAO DetectNet_v2 experiment spec file (.txt)")
+    try:
+        text = spec_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(spec_path, f"cannot read the spec as UTF-8 text: {err}") from None
+    imported = convert(parse(text, spec_path))
+    if not imported.groups:
+        raise DataError(spec_path, f"no DetectNet_v2 blocks found (expected some of {', '.join(BLOCKS)})")
+    name = name or re.sub(r"[^\w-]+", "_", spec_path.stem)
+    if not re.fullmatch(r"[\w-]+", name):
+        raise ConfigError("--name", name, "letters, digits, '_' and '-'")
+    root = Path(output_root) if output_root else default_output_root()
+    target = root / "experiment" / f"{name}.yaml"
+    if target.exists() and not force:
+        raise ConfigError("--name", name, f"a name not used yet ({target} exists; --force replaces it)")
+    with atomic_path(target) as tmp:
+        tmp.write_text(experiment_yaml(imported, spec_path), encoding="utf-8")
+        check_composes(root, name, tmp)
+    return target, imported
+
+
+def check_composes(root: Path, name: str, candidate: Path) -> None:
+    """Compose and validate ``train experiment=<name>`` with the candidate file in place of the final one."""
+    import shutil
+    import tempfile
+
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from transferdet.config import register_configs, validate
+
+    register_configs()
+    with tempfile.TemporaryDirectory() as tmpdir:
+        (Path(tmpdir) / "experiment").mkdir()
+        probe = f"_import_check_{name}"  # a name no installed experiment has
+        shutil.copyfile(candidate, Path(tmpdir) / "experiment" / f"{probe}.yaml")
+        try:
+            with initialize_config_module("transferdet.conf", version_base="1.3"):
+                cfg = compose("train", [f"experiment={probe}", f"hydra.searchpath=[file://{tmpdir}]"])
+        except (HydraException, OmegaConfBaseException) as err:
+            raise ConfigError(f"experiment/{name}.yaml", "the imported spec",
+                              f"a config transferdet accepts: {str(err).splitlines()[0]}") from None
+        validate(cfg)
