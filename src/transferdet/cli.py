@@ -130,15 +130,25 @@ def _hydra_entry(task_name: str) -> Callable[[], None]:
     register_configs()
 
     @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name=task_name)
-    def _main(cfg: DictConfig) -> None:
+    def _main(cfg: DictConfig) -> float | None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
-            run_task(task_name, cfg, run_dir)
+            metrics = run_task(task_name, cfg, run_dir)
         except TransferdetError as err:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"transferdet {task_name}: error: {err}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
+        # a hyperparameter sweeper (hparams_search/*.yaml) optimises the value of this metric
+        objective = cfg.get("optimized_metric")
+        if not objective:
+            return None
+        if objective not in metrics:
+            print(f"transferdet {task_name}: error: config key 'optimized_metric' has value {objective!r}; allowed: "
+                  f"one of the run's metrics ({', '.join(sorted(metrics))})", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        value = metrics[objective]
+        return float("nan") if value is None else value  # null = not finite
 
     return _main
 

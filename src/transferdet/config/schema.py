@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
@@ -428,8 +429,27 @@ GROUP_SCHEMAS: Dict[str, Any] = {
 }
 
 
+def sweep_group() -> Optional[str]:
+    """``${sweep_group:}``: the sweep directory's name in a multirun (so the trials of one sweep share a
+    W&B group), None in a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        hc = HydraConfig.get()
+    except ValueError:  # not inside a Hydra run
+        return None
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    return f"{hc.job.name}-{Path(hc.sweep.dir).name}"
+
+
 def register_configs() -> None:
-    """Register each schema as ``<group>/base`` (idempotent)."""
+    """Register each schema as ``<group>/base`` and our resolvers (idempotent)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("sweep_group"):
+        OmegaConf.register_new_resolver("sweep_group", sweep_group)
     cs = ConfigStore.instance()
     for group, node in GROUP_SCHEMAS.items():
         cs.store(group=group, name="base", node=node)

@@ -145,6 +145,16 @@ def write_augmented_samples(dm: DetectionDataModule, classes: list[str], count: 
     log.info("wrote %d augmented samples to %s", min(count, len(dm.train_set)), folder)
 
 
+def _finish_wandb(trainer: pl.Trainer) -> None:
+    """End this run's W&B run: the next training in the same process (a sweep's next trial, the pipeline's
+    retraining) must start its own run instead of logging into this one."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     t = typed(cfg, "training")
     pl.seed_everything(t.random_seed, workers=True, verbose=False)
@@ -168,6 +178,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if interval <= 0 or t.num_epochs % interval:
         # ModelCheckpoint wrote last.ckpt at the last multiple of checkpoint_interval: make it the final state
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+
+    _finish_wandb(trainer)
 
     metrics = {k: v for k, v in module.last_validation.items() if not k.startswith("val/num_gt")}
     metrics["train/loss"] = float(trainer.callback_metrics.get("train/loss", float("nan")))
