@@ -105,9 +105,9 @@ def run_task(task_name: str, cfg: DictConfig, run_dir: Path) -> dict[str, float]
     """Validate, run one task, and write ``config.yaml`` and ``metrics.json`` into ``run_dir``."""
     from transferdet.config import validate
     from transferdet.utils.dist import is_global_zero
-    from transferdet.utils.io import write_json_atomic, write_text_atomic
+    from transferdet.utils.io import make_folder, write_json_atomic, write_text_atomic
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(run_dir)
     validate(cfg)
     fn = _resolve(task_name)
     writer = is_global_zero()  # the other processes of a distributed run share the run directory
@@ -153,6 +153,29 @@ def _hydra_entry(task_name: str) -> Callable[[], None]:
     return _main
 
 
+def _check_output_dir(task_name: str, args: list[str]) -> None:
+    """Hydra creates the run directory before any task code runs: check that it can, so a path under a
+    file or in a read-only place is one clear line instead of Hydra's traceback."""
+    from transferdet.errors import ConfigError
+
+    multirun = "-m" in args or "--multirun" in args
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    value = next((a.split("=", 1)[1] for a in reversed(args) if a.startswith(f"{key}=")), "outputs")
+    fixed = Path(value.split("$", 1)[0] or ".")  # the part before any ${...} interpolation
+    probe = fixed if fixed.is_absolute() else Path.cwd() / fixed
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    problem = None
+    if not probe.is_dir():
+        problem = f"{probe} is a file, not a folder"
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        problem = f"{probe} is not writable"
+    if problem:
+        err = ConfigError(key, value, f"a folder that can be created and written ({problem})")
+        print(f"transferdet {task_name}: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -177,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     if f"task_name={task_name}" not in rest:
         rest = [*rest, f"task_name={task_name}"]
     sys.argv = [sys.argv[0], *rest]
+    _check_output_dir(task_name, rest)
     _hydra_entry(task_name)()
 
 

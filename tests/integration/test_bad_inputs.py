@@ -172,3 +172,203 @@ def test_synth_rerun_with_same_settings_is_a_no_op(cli, tmp_path):
     assert (tmp_path / "r1" / "metrics.json").read_text() == (tmp_path / "r2" / "metrics.json").read_text()
     r = cli("synth", f"dataset.root={tmp_path / 'ds'}", "synth.num_images=4", f"hydra.run.dir={tmp_path / 'r3'}")
     assert_clean_failure(r, "dataset.root", "synth.overwrite=true")
+
+
+# ---------------------------------------------------------------- checkpoints, ONNX models, calibration files,
+# prediction files, infer inputs, outputs: built from one tiny trained model
+SMALL = ["augmentation.preprocessing.output_image_width=128", "augmentation.preprocessing.output_image_height=64"]
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    """A tiny dataset, a checkpoint trained for two steps, its pruned checkpoint and its ONNX export."""
+    import torch
+    import torchvision
+
+    from tests.conftest import run_cli, small_synth_config
+    from transferdet.data.synth import generate
+
+    base = tmp_path_factory.mktemp("artefacts")
+    root = base / "ds"
+    generate(small_synth_config(24, seed=11, image_width=128, image_height=64), root, progress=False)
+    r = run_cli("train", f"dataset.root={root}", "model=resnet10", "training.num_workers=0", "training.num_epochs=1",
+                "training.batch_size_per_gpu=8", "callbacks.progress_bar=null", *SMALL, f"hydra.run.dir={base / 'train'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    ckpt = base / "train" / "checkpoints" / "last.ckpt"
+    r = run_cli("prune", f"checkpoint={ckpt}", "pruning.target_ratio=0.3", f"hydra.run.dir={base / 'prune'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_cli("export", f"checkpoint={ckpt}", f"dataset.root={root}", "export.parity_images=2",
+                f"hydra.run.dir={base / 'export'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    torch.save(torchvision.models.resnet18().state_dict(), base / "resnet18.pth")
+    labels = base / "labels"
+    labels.mkdir()
+    for f in sorted((root / "label_2").iterdir())[:3]:
+        (labels / f.name).write_text(f.read_text())
+    return {"base": base, "root": root, "ckpt": ckpt, "pruned": base / "prune" / "pruned.ckpt",
+            "onnx": base / "export" / "model_fp32.onnx", "labels": labels, "images": root / "image_2"}
+
+
+def _resave(src: Path, dst: Path, change) -> Path:
+    """A copy of a checkpoint changed by ``change(obj)``; the checksum is recomputed unless ``change`` returns
+    "keep-checksum" (the weights were altered behind the checksum's back)."""
+    import torch
+
+    from transferdet.models.checkpoint import CHECKSUM_KEY, weights_checksum
+
+    obj = torch.load(src, weights_only=True)
+    if change(obj) != "keep-checksum" and CHECKSUM_KEY in obj:
+        obj[CHECKSUM_KEY] = weights_checksum(obj["state_dict"])
+    torch.save(obj, dst)
+    return dst
+
+
+def _flip_weight(obj):
+    key = next(k for k in obj["state_dict"] if k.endswith("conv1.weight"))
+    obj["state_dict"][key] = obj["state_dict"][key] + 1e-3
+    return "keep-checksum"
+
+
+def _onnx_without_metadata(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input_1", TensorProto.FLOAT, [1, 3, 64, 128])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 64, 128])
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Identity", ["input_1"], ["y"])], "g", [x], [y])),
+              path)
+    return path
+
+
+def _npy(path: Path, array) -> Path:
+    import numpy as np
+
+    np.save(path, array, allow_pickle=True)
+    return path
+
+
+# each case: task, a function (art, tmp) -> overrides, and the fragments the one-line error must hold
+ARTEFACT_CASES = {
+    "evaluate-missing-checkpoint": ("evaluate", lambda a, t: [f"checkpoint={t / 'none.ckpt'}"],
+                                    ["config key 'checkpoint'", "an existing file"]),
+    "evaluate-truncated-checkpoint": ("evaluate", lambda a, t: [f"checkpoint={_cut(a['ckpt'], t / 'cut.ckpt')}"],
+                                      ["cut.ckpt: not a readable torch file (truncated or corrupt?)"]),
+    "infer-altered-weights": ("infer", lambda a, t: [f"checkpoint={_resave(a['ckpt'], t / 'alt.ckpt', _flip_weight)}",
+                                                     f"input={a['images']}"],
+                              ["alt.ckpt: weights checksum mismatch", "refused"]),
+    "export-checkpoint-without-checksum": (
+        "export", lambda a, t: [f"checkpoint={_resave(a['ckpt'], t / 'nosum.ckpt', lambda o: o.pop('transferdet_checksum'))}"],
+        ["nosum.ckpt: transferdet checkpoint without a weights checksum"]),
+    "prune-plain-state-dict": ("prune", lambda a, t: [f"checkpoint={a['base'] / 'resnet18.pth'}"],
+                               ["resnet18.pth: not a transferdet checkpoint", "model.pretrained_model_file"]),
+    "calibrate-text-file-as-checkpoint": ("calibrate", lambda a, t: [f"checkpoint={_text(t / 'notes.ckpt')}",
+                                                                     f"dataset.root={a['root']}"],
+                                          ["notes.ckpt: not a readable torch file"]),
+    "train-retrain-unpruned-checkpoint": ("train", lambda a, t: [f"model.pruned_checkpoint={a['ckpt']}",
+                                                                 f"dataset.root={a['root']}", "model=resnet10", *SMALL],
+                                          ["not a pruned checkpoint (no channel plan)", "transferdet prune"]),
+    "infer-pruned-checkpoint-without-channel-plan": (
+        "infer", lambda a, t: [f"checkpoint={_resave(a['pruned'], t / 'noplan.ckpt', lambda o: o['hyper_parameters'].pop('channel_plan'))}",
+                               f"input={a['images']}"],
+        ["noplan.ckpt: tensor shapes do not match the architecture (a pruned checkpoint without its channel plan?)"]),
+    "train-pretrained-wrong-architecture": ("train", lambda a, t: [f"model.pretrained_model_file={a['base'] / 'resnet18.pth'}",
+                                                                   f"dataset.root={a['root']}", "model=resnet34", *SMALL],
+                                            ["resnet18.pth: does not fit this model's backbone",
+                                             "backbone.layer1.2.conv1.weight (not in the file)"]),
+    "train-resume-missing": ("train", lambda a, t: [f"training.resume={t / 'gone.ckpt'}", f"dataset.root={a['root']}",
+                                                    "model=resnet10", *SMALL],
+                             ["config key 'training.resume'", "'auto'"]),
+    "train-resume-truncated": ("train", lambda a, t: [f"training.resume={_cut(a['ckpt'], t / 'half.ckpt')}",
+                                                      f"dataset.root={a['root']}", "model=resnet10", *SMALL,
+                                                      "training.num_workers=0", "callbacks.progress_bar=null"],
+                               ["half.ckpt: not a readable torch file"]),
+    "benchmark-missing-model": ("benchmark", lambda a, t: [f"benchmark.models={{x: {t / 'none.ckpt'}}}"],
+                                ["benchmark.models.x", "an existing transferdet checkpoint file"]),
+    "evaluate-corrupt-onnx": ("evaluate", lambda a, t: [f"checkpoint={_text(t / 'm.onnx')}", "runtime=onnxruntime",
+                                                        f"dataset.root={a['root']}"],
+                              ["m.onnx: not a readable ONNX model"]),
+    "infer-onnx-without-metadata": ("infer", lambda a, t: [f"checkpoint={_onnx_without_metadata(t / 'id.onnx')}",
+                                                           "runtime=onnxruntime", f"input={a['images']}"],
+                                    ["id.onnx: ONNX model without transferdet metadata"]),
+    "infer-onnx-with-torch-runtime": ("infer", lambda a, t: [f"checkpoint={a['onnx']}", f"input={a['images']}"],
+                                      ["config key 'runtime'", "onnxruntime for an ONNX model"]),
+    "infer-unknown-runtime": ("infer", lambda a, t: [f"checkpoint={a['ckpt']}", "runtime=openvino",
+                                                     f"input={a['images']}"],
+                              ["config key 'runtime' has value 'openvino'", "torch, onnxruntime, tensorrt"]),
+    "export-calibration-wrong-shape": (
+        "export", lambda a, t: [f"checkpoint={a['ckpt']}", "export.data_type=int8", f"dataset.root={a['root']}",
+                                f"calibration.cal_data_file={_npy(t / 'c.npy', __import__('numpy').zeros((2, 3, 32, 32), 'float32'))}"],
+        ["c.npy: calibration tensors are float32 [2, 3, 32, 32]; the model needs float32 [N, 3, 64, 128]"]),
+    "export-calibration-pickled-objects": (
+        "export", lambda a, t: [f"checkpoint={a['ckpt']}", "export.data_type=int8", f"dataset.root={a['root']}",
+                                f"calibration.cal_data_file={_npy(t / 'o.npy', __import__('numpy').array([{'a': 1}], dtype=object))}"],
+        ["o.npy: not a calibration tensor file"]),
+    "export-calibration-out-of-range": (
+        "export", lambda a, t: [f"checkpoint={a['ckpt']}", "export.data_type=int8", f"dataset.root={a['root']}",
+                                f"calibration.cal_data_file={_npy(t / 'r.npy', __import__('numpy').full((2, 3, 64, 128), 255, 'float32'))}"],
+        ["r.npy: calibration tensors must be finite RGB values in [0, 1]"]),
+    "evaluate-predictions-without-scores": (
+        "evaluate", lambda a, t: [f"predictions={_preds(a, t, score=False)}", f"labels={a['labels']}"],
+        [":1: 15 fields: prediction files need a 16th field, the confidence score"]),
+    "evaluate-missing-labels-folder": ("evaluate", lambda a, t: [f"predictions={_preds(a, t)}",
+                                                                 f"labels={t / 'nolabels'}"],
+                                       ["config key 'labels'", "an existing folder of KITTI .txt files"]),
+    "evaluate-checkpoint-and-predictions": ("evaluate", lambda a, t: [f"checkpoint={a['ckpt']}",
+                                                                      f"predictions={_preds(a, t)}",
+                                                                      f"labels={a['labels']}"],
+                                            ["either checkpoint=PATH or predictions=DIR labels=DIR, not both"]),
+    "infer-corrupt-video": ("infer", lambda a, t: [f"checkpoint={a['ckpt']}", f"input={_text(t / 'clip.mp4')}"],
+                            ["clip.mp4: cannot read video"]),
+    "infer-empty-folder": ("infer", lambda a, t: [f"checkpoint={a['ckpt']}", f"input={_folder(t / 'empty')}"],
+                           ["empty: no images here"]),
+    "infer-corrupt-image": ("infer", lambda a, t: [f"checkpoint={a['ckpt']}", f"input={_text(t / 'photo.png')}"],
+                            ["photo.png: cannot decode image"]),
+    "run-dir-under-a-file": ("evaluate", lambda a, t: [f"checkpoint={a['ckpt']}", f"hydra.run.dir={_text(t / 'f')}/run"],
+                             ["config key 'hydra.run.dir'", "is a file, not a folder"]),
+    "synth-root-under-a-file": ("synth", lambda a, t: [f"dataset.root={_text(t / 'g')}/ds", "synth.num_images=2"],
+                                ["cannot create this folder", "is in the way"]),
+    "pipeline-bad-synthesize-value": ("pipeline", lambda a, t: [f"dataset.root={t / 'ds'}", "pipeline.synthesize=maybe"],
+                                      ["config key 'pipeline.synthesize' has value 'maybe'", "auto"]),
+    "pipeline-retrain-unknown-key": ("pipeline", lambda a, t: [f"dataset.root={t / 'ds'}",
+                                                               "pipeline.retrain={training: {num_epoch: 3}}"],
+                                     ["config key 'pipeline.retrain'", "num_epoch"]),
+}
+
+
+def _cut(src: Path, dst: Path) -> Path:
+    dst.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    return dst
+
+
+def _text(path: Path) -> Path:
+    path.write_text("this is not what you think it is\n")
+    return path
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def _preds(a, t: Path, score: bool = True) -> Path:
+    folder = t / "preds"
+    folder.mkdir(exist_ok=True)
+    for f in a["labels"].iterdir():
+        lines = [line + (" 0.9" if score else "") for line in f.read_text().splitlines()]
+        (folder / f.name).write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("case", list(ARTEFACT_CASES))
+def test_bad_artefacts_and_outputs(cli, art, tmp_path, case):
+    task, build, fragments = ARTEFACT_CASES[case]
+    args = build(art, tmp_path)
+    run_dir = tmp_path / "run"
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        args.append(f"hydra.run.dir={run_dir}")
+    r = cli(task, *args, timeout=300)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert_clean_failure(r, *fragments)
+    assert not (run_dir / "metrics.json").exists()
+    for leftover in ("pruned.ckpt", "model_fp32.onnx", "model_int8.onnx", "calibration.npy", "report.md"):
+        assert not (run_dir / leftover).exists(), leftover

@@ -1,13 +1,15 @@
 """Loading weights: pretrained backbones (torchvision / timm state dicts) and transferdet checkpoints.
 
 Files are loaded with ``weights_only=True``: a file that would need arbitrary unpickling is refused.
+A transferdet checkpoint carries a SHA-256 checksum of its weights (:func:`save_checkpoint`), verified
+on every load: a corrupt or altered file is refused instead of silently giving wrong results.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,21 +22,65 @@ from transferdet.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 
+CHECKSUM_KEY = "transferdet_checksum"
+
+
+def weights_checksum(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a state dict's tensors, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
+    """Write a checkpoint with the checksum of its ``state_dict``, under a temporary name renamed when complete."""
+    from transferdet.utils.io import atomic_path
+
+    obj = {**obj, CHECKSUM_KEY: weights_checksum(obj["state_dict"])}
+    with atomic_path(path) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as err:  # torch's zip writer reports a failed write (disk full ...) this way
+            raise DataError(path, f"cannot be written ({str(err).splitlines()[0]}): is the disk full, or a file "
+                                  "size limit set? nothing was left under this name") from None
+
+
+def verify_checksum(obj: dict[str, Any], path: Path) -> None:
+    """A transferdet checkpoint (``state_dict`` + ``hyper_parameters``) must carry the checksum of its weights."""
+    if not isinstance(obj.get("state_dict"), dict) or "hyper_parameters" not in obj:
+        return  # a plain state dict (pretrained backbone): no checksum to verify
+    expected = obj.get(CHECKSUM_KEY)
+    if expected is None:
+        raise DataError(path, "transferdet checkpoint without a weights checksum: not written by transferdet "
+                              "(or edited by hand); refused")
+    if weights_checksum(obj["state_dict"]) != expected:
+        raise DataError(path, "weights checksum mismatch: the file was corrupted or altered after it was written; "
+                              "refused (use an earlier checkpoint)")
+
+
 def load_tensor_file(path: str | Path, key: str) -> dict[str, Any]:
-    """A torch file as plain containers and tensors; every failure names the file (and config ``key``)."""
+    """A torch file as plain containers and tensors, its checksum verified; every failure names the file (and
+    config ``key``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(key, str(path), "an existing file (a .pth state dict or a transferdet .ckpt)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise DataError(path, "refused: the file needs arbitrary code to load (only tensors and plain "
-                              f"containers are accepted, weights_only=True): {str(err).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        if "Weights only load failed" in str(err):  # a pickle that would build arbitrary objects (run code)
+            raise DataError(path, "refused: the file needs arbitrary code to load (only tensors and plain "
+                                  "containers are accepted, weights_only=True)") from None
         raise DataError(path, f"not a readable torch file (truncated or corrupt?): {str(err).splitlines()[0]}") \
             from None
+    except Exception as err:  # noqa: BLE001 - torch's unpickler raises anything on garbage (IndexError, ...)
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise DataError(path, f"not a readable torch file (truncated or corrupt?): {first}") from None
     if not isinstance(obj, dict):
         raise DataError(path, f"expected a state dict or a checkpoint (a dict), found {type(obj).__name__}")
+    verify_checksum(obj, path)
     return obj
 
 
@@ -84,6 +130,13 @@ def load_pretrained(model: nn.Module, path: str | Path, classes: list[str]) -> L
             report.mismatched.append(f"{name}: file {tuple(tensor.shape)} vs model {tuple(own[name].shape)}")
         else:
             to_load[name] = tensor
+    unfilled = [k for k in own if k.startswith("backbone.") and k not in to_load
+                and not k.endswith("num_batches_tracked")]
+    if unfilled:  # another ResNet depth, or full-width weights for a pruned model: refuse, do not half-load
+        why = next((m for m in report.mismatched if m.startswith(unfilled[0])), "not in the file")
+        raise DataError(path, f"does not fit this model's backbone: {len(unfilled)} backbone tensors would stay "
+                              f"random, e.g. {unfilled[0]} ({why}); use weights of the same ResNet depth as "
+                              "model.num_layers")
     model.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
     report.missing = sorted(k for k in own if k not in to_load and k not in ("mean", "std"))

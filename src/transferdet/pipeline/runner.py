@@ -37,7 +37,7 @@ log = logging.getLogger("transferdet.pipeline")
 
 RECORD = "stage.json"
 # groups of a primary config that are Hydra's, not the task's
-NOT_TASK_GROUPS = {"hydra", "experiment", "debug", "_self_"}
+NOT_TASK_GROUPS = {"hydra", "experiment", "debug", "hparams_search", "_self_"}
 
 Dirs = dict[str, Path]
 
@@ -65,8 +65,17 @@ class Stage:
     merge_key: str | None = None
 
 
+def _synthesize_mode(cfg: DictConfig) -> str:
+    value = cfg.pipeline.synthesize
+    mode = str(value).lower() if isinstance(value, (bool, str)) else ""
+    if mode not in ("auto", "true", "false"):
+        raise ConfigError("pipeline.synthesize", value, "auto (when dataset.root is absent and dataset=synthetic), "
+                                                        "true or false")
+    return mode
+
+
 def _skip_synth(cfg: DictConfig) -> str | None:
-    mode = str(cfg.pipeline.synthesize)
+    mode = _synthesize_mode(cfg)
     root = Path(cfg.dataset.root)
     if mode == "false":
         return "pipeline.synthesize=false"
@@ -130,7 +139,8 @@ def stage_config(cfg: DictConfig, stage: Stage, dirs: Dirs) -> DictConfig:
             if key not in keys:
                 del out[key]
         for key in keys - set(out):  # top-level task keys the pipeline does not set: the task's defaults
-            out[key] = primary[key]
+            if key in primary:
+                out[key] = primary[key]
         out.task_name = stage.task
         if stage.merge_key:
             extra = cfg.pipeline.get(stage.merge_key)
@@ -175,11 +185,17 @@ def duration(seconds: float) -> str:
 def run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
     """Run (or skip, or resume) every stage; returns each stage's record."""
     from transferdet.cli import run_task
+    from transferdet.config import validate
 
     dirs = stage_dirs(run_dir)
     records: dict[str, dict] = {}
     rerun = False  # once a stage runs, every later stage runs too (its inputs may have changed)
     n = len(STAGES)
+    _synthesize_mode(cfg)
+    # a config mistake in any stage stops the run before it starts
+    configs = {s.name: stage_config(cfg, s, dirs) for s in STAGES}
+    for c in configs.values():
+        validate(c)
     for i, stage in enumerate(STAGES, 1):
         folder, head = dirs[stage.name], f"[{i:2d}/{n}] {stage.name:<15}"
         reason = stage.skip(cfg)
@@ -187,7 +203,7 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
             records[stage.name] = {"status": "skipped", "reason": reason, "seconds": 0.0}
             log.info("%s skipped: %s", head, reason)
             continue
-        scfg = stage_config(cfg, stage, dirs)
+        scfg = configs[stage.name]
         digest = config_digest(scfg, run_dir)
         record = read_record(folder)
         same = record.get("config_sha256") == digest and not rerun

@@ -82,6 +82,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     classes, width, height = module.classes, module.width, module.height
     config = OmegaConf.to_container(OmegaConf.create(module.hparams["config"]), resolve=True)
     data_type = e.data_type.value
+    images = None
+    if data_type == "int8":  # read (and check) the calibration data before writing anything
+        images = load_calibration_file(c.cal_data_file, height, width) if c.cal_data_file else \
+            calibration_images(cfg, module.aug, c.batches * c.batch_size)
 
     fp32 = export_onnx(module.model, run_dir / "model_fp32.onnx", height, width)
     add_metadata(fp32, config, classes)
@@ -90,8 +94,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if data_type == "fp16":
         models["fp16"] = to_fp16(fp32, run_dir / "model_fp16.onnx")
     elif data_type == "int8":
-        images = load_calibration_file(c.cal_data_file, height, width) if c.cal_data_file else \
-            calibration_images(cfg, module.aug, c.batches * c.batch_size)
         int8 = quantize_int8(fp32, run_dir / "model_int8.onnx", images, c.calibration_method.value, c.batch_size)
         add_metadata(int8, config, classes)
         models["int8"] = int8

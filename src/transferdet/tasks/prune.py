@@ -22,6 +22,7 @@ from tqdm import tqdm
 from transferdet.config import typed
 from transferdet.errors import ConfigError
 from transferdet.inference.predictor import load_module
+from transferdet.models.checkpoint import save_checkpoint
 from transferdet.pruning.pruner import PruneReport, channel_plan, count, prune, prune_to_ratio
 from transferdet.utils.io import atomic_path, write_json_atomic, write_text_atomic
 
@@ -138,9 +139,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                "params_after": report.params_after, "flops_before": report.flops_before,
                "flops_after": report.flops_after, "groups": report.groups,
                "layers": [{"name": x.name, "kept": x.kept, "total": x.total} for x in report.layers]}
-    with atomic_path(run_dir / PRUNED_CHECKPOINT) as tmp:
-        torch.save({"state_dict": state, "hyper_parameters": hp, "pruning": summary,
-                    "epoch": 0, "global_step": 0}, tmp)
+    save_checkpoint({"state_dict": state, "hyper_parameters": hp, "pruning": summary, "epoch": 0, "global_step": 0},
+                    run_dir / PRUNED_CHECKPOINT)
     write_json_atomic(run_dir / "pruning_report.json", summary)
     text = report_markdown(report, threshold)
     write_text_atomic(run_dir / "pruning_report.md", text)

@@ -73,11 +73,18 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     if resume is None:
         return None
     if resume == "auto":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if last.is_file():
-            log.info("resuming from %s", last)
-            return str(last)
-        log.info("training.resume=auto: no checkpoint in %s yet, starting fresh", last.parent)
+        # the newest complete checkpoint (files appear under their names only when complete): a kill between
+        # writing epoch_N.ckpt and last.ckpt resumes from epoch_N.ckpt
+        folder = run_dir / "checkpoints"
+        if is_global_zero():
+            for stale in folder.glob(".*.ckpt.*.tmp"):  # a write a crash interrupted: never a checkpoint
+                stale.unlink(missing_ok=True)
+                log.info("removed %s, left by an interrupted checkpoint write", stale.name)
+        found = sorted(folder.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"))
+        if found:
+            log.info("resuming from %s", found[-1])
+            return str(found[-1])
+        log.info("training.resume=auto: no checkpoint in %s yet, starting fresh", folder)
         return None
     if not Path(resume).is_file():
         raise ConfigError("training.resume", resume, "'auto' (this run directory's last.ckpt) or an existing .ckpt file")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -12,6 +13,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from transferdet.errors import DataError
+
+# errors of writing that are the machine's state, not a bug: one clear line instead of a traceback
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+
+
+def make_folder(folder: Path) -> None:
+    """``mkdir -p`` whose failure (a file in the way, no permission) is one clear error naming the folder."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        where = f" ({err.filename} is in the way)" if isinstance(err, (FileExistsError, NotADirectoryError)) else ""
+        raise DataError(folder, f"cannot create this folder: {err.strerror}{where}") from None
+
+
+def write_failure(path: Path, err: OSError) -> DataError:
+    return DataError(path, f"cannot be written: {err.strerror} (is the disk full, or a file size limit set?); "
+                           "nothing was left under this name")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -20,13 +40,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     On an exception the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.errno in WRITE_ERRNOS:
+            raise write_failure(path, err) from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -48,10 +72,15 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     A reader never sees a half-written directory: either the old one or the complete new one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as err:
+            if err.errno in WRITE_ERRNOS:
+                raise write_failure(path, err) from None
+            raise
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / "previous")
