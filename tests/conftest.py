@@ -58,3 +58,27 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def wandb_records(run_file: Path):
+    """The protobuf records of an offline W&B run file (a LevelDB-style log of 32 KiB blocks)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = run_file.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, pending = 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # full record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending + payload if kind == 4 else payload)
+            yield record
+            pending = b""
+        elif kind in (2, 3):
+            pending += payload

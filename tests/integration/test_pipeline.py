@@ -93,7 +93,7 @@ def test_report_has_every_section_and_picture(resumed):
     assert metrics["pipeline/prune_ratio"] == pytest.approx(pruned["prune/ratio"]) and metrics["pipeline/prune_ratio"] < 0.35
     evaluated = json.loads((run_dir / "10_evaluate_int8" / "metrics.json").read_text())
     assert metrics["pipeline/mAP_int8"] == pytest.approx(evaluated["mAP"])
-    assert f"| 6 | retrain | complete |" in report
+    assert "| 6 | retrain | complete |" in report
     assert (run_dir / "09_export" / "model_int8.onnx").is_file() and (run_dir / "09_export" / "calibration.cache").is_file()
 
 

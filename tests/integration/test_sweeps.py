@@ -4,13 +4,12 @@ whose trials return val/mAP to the sweeper and share one W&B group."""
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import small_synth_config
+from tests.conftest import small_synth_config, wandb_records
 from transferdet.data.synth import generate
 
 TINY = ["model=resnet10", "training.num_workers=0", "training.num_epochs=1", "training.batch_size_per_gpu=8",
@@ -29,25 +28,7 @@ def root(tmp_path_factory) -> Path:
 
 def _run_groups(run_file: Path) -> set[str]:
     """The W&B group of an offline run, read from its run record."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = run_file.read_bytes()
-    pos, block, pending, groups = 7, 32768, b"", set()
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:
-            pos += block - pos % block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending + payload if kind == 4 else payload)
-            if record.WhichOneof("record_type") == "run":
-                groups.add(record.run.run_group)
-            pending = b""
-        elif kind in (2, 3):
-            pending += payload
-    return groups
+    return {r.run.run_group for r in wandb_records(run_file) if r.WhichOneof("record_type") == "run"}
 
 
 def test_multirun_over_learning_rates_trains_each(cli, root, tmp_path):

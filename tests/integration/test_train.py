@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import small_synth_config
+from tests.conftest import small_synth_config, wandb_records
 from transferdet.data.synth import generate
 
 TINY = ["model=resnet10", "training.num_workers=0", "training.batch_size_per_gpu=4",
@@ -83,27 +82,9 @@ def test_resume_after_kill_continues_at_the_right_epoch_with_optimizer_state(tin
 
 
 def _wandb_history_keys(run_file: Path) -> set[str]:
-    """History keys of an offline W&B run file (LevelDB-style log of protobuf records)."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = run_file.read_bytes()
-    assert data[:4] == b":W&B"
-    pos, block, pending, keys = 7, 32768, b"", set()
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:
-            pos += block - pos % block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind in (1, 4):  # full record, or the last piece of one
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending + payload if kind == 4 else payload)
-            if record.WhichOneof("record_type") == "history":
-                keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
-            pending = b""
-        elif kind in (2, 3):
-            pending += payload
-    return keys
+    """History keys of an offline W&B run file."""
+    return {item.key or "/".join(item.nested_key) for record in wandb_records(run_file)
+            if record.WhichOneof("record_type") == "history" for item in record.history.item}
 
 
 def test_wandb_offline_run_holds_the_logged_metrics(cli, tiny_root, tmp_path):

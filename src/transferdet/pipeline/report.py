@@ -141,8 +141,12 @@ def _accuracy_section(classes: list[str], dirs: dict[str, Path], root: Path) -> 
     out = ["## Accuracy (validation split)", "",
            "| model | mAP | " + " | ".join(f"AP {c}" for c in classes) + " | COCO mAP@[.5:.95] |",
            "|---|---:|" + "---:|" * len(classes) + "---:|"]
+    prune = _json(dirs["prune"] / "pruning_report.json")
     for stage, label in ACCURACY.items():
         m = results[stage]
+        if stage == "evaluate_pruned" and "mAP_after" in prune:
+            out.append(f"| pruned, before retraining | **{_pct(prune['mAP_after'])}** | "
+                       + " | ".join("" for _ in classes) + " |  |")
         if m:
             out.append(f"| {label} | **{_pct(m.get('mAP'))}** | " + " | ".join(_pct(m.get(f"AP/{c}")) for c in classes)
                        + f" | {_pct(m.get('mAP_coco'))} |")
@@ -166,7 +170,8 @@ def write_report(cfg: DictConfig, run_dir: Path, dirs: dict[str, Path], records:
     m_unpruned, m_pruned, m_int8 = (results[s].get("mAP") for s in ACCURACY)
     batch1 = {(r["model"], r["runtime"], r["precision"]): r for r in rows if r["batch"] == min(x["batch"] for x in rows)}
     best = batch1.get(("pruned", "onnxruntime", "int8"))
-    metrics = {"pipeline/mAP_unpruned": m_unpruned, "pipeline/mAP_pruned_retrained": m_pruned,
+    metrics = {"pipeline/mAP_unpruned": m_unpruned, "pipeline/mAP_pruned_before_retraining": prune.get("mAP_after"),
+               "pipeline/mAP_pruned_retrained": m_pruned,
                "pipeline/mAP_int8": m_int8, "pipeline/prune_ratio": prune.get("ratio"),
                "pipeline/params_unpruned": prune.get("params_before"), "pipeline/params_pruned": prune.get("params_after")}
     if best:
@@ -184,9 +189,10 @@ def write_report(cfg: DictConfig, run_dir: Path, dirs: dict[str, Path], records:
              f"{cfg.training.num_epochs} training epochs. Every stage's outputs are in its numbered folder.", "",
              "## Headline", "",
              "| | value |", "|---|---:|",
-             f"| val mAP, unpruned | {fmt('pipeline/mAP_unpruned')} |",
-             f"| val mAP, pruned + retrained | {fmt('pipeline/mAP_pruned_retrained')} |",
-             f"| val mAP, pruned + retrained, INT8 | {fmt('pipeline/mAP_int8')} |",
+             f"| val mAP (%), unpruned | {fmt('pipeline/mAP_unpruned')} |",
+             f"| val mAP (%), pruned, before retraining | {fmt('pipeline/mAP_pruned_before_retraining')} |",
+             f"| val mAP (%), pruned + retrained | {fmt('pipeline/mAP_pruned_retrained')} |",
+             f"| val mAP (%), pruned + retrained, INT8 | {fmt('pipeline/mAP_int8')} |",
              f"| pruning ratio (pruned model params / original) | {fmt('pipeline/prune_ratio', 1, 4)} |",
              f"| parameters | {prune.get('params_before', 0):,} -> {prune.get('params_after', 0):,} |",
              f"| end-to-end speedup, pruned INT8 (ONNX Runtime) vs unpruned fp32 (PyTorch), batch "

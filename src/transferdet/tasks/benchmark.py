@@ -9,7 +9,10 @@ Two timings per row, in the same run:
 
 Rows report ms/image (p50, p90), images/s, 30-FPS streams sustained, model size, mAP on the validation
 split and the speedup over the first model's PyTorch fp32 row. Writes ``benchmark.json``,
-``benchmark.md`` and ``benchmark.png`` into the run directory.
+``benchmark.md`` and ``benchmark.png`` into the run directory. Command-line overrides of the model's
+groups apply on top of each checkpoint's settings, as in ``infer``: e.g.
+``augmentation.preprocessing.output_image_width=1248 augmentation.preprocessing.output_image_height=384``
+measures a model trained at 384x128 at the TLT tutorial's resolution (it is fully convolutional).
 """
 
 from __future__ import annotations
@@ -74,7 +77,9 @@ def _variants(cfg: DictConfig, name: str, checkpoint: str, work: Path, precision
     from transferdet.tasks.calibrate import calibration_images
     from transferdet.tasks.export import add_metadata
 
-    module = load_module(checkpoint)
+    from transferdet.tasks.evaluate import user_overrides
+
+    module = load_module(checkpoint, user_overrides())
     rows = [(name, "torch", "fp32", Path(checkpoint))]
     if {"fp32", "int8"} & set(precisions):
         config = OmegaConf.to_container(OmegaConf.create(module.hparams["config"]), resolve=True)
@@ -129,7 +134,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    from transferdet.tasks.evaluate import evaluate_model
+    from transferdet.tasks.evaluate import evaluate_model, user_overrides
 
     b = cfg.benchmark
     models = dict(b.models or {})
@@ -144,7 +149,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 for v in _variants(cfg, name, str(path), run_dir, list(b.precisions))]
     rows: list[dict] = []
     for model, runtime, precision, path in variants:
-        predictor = Predictor.load(str(path), runtime)
+        # the checkpoint's settings with the command line's on top (e.g. another input size, as in infer)
+        predictor = Predictor.load(str(path), runtime, user_overrides())
         gts, dets, _, evaluator = evaluate_model(cfg, str(path), runtime) if b.map else ([], [], None, None)
         m_ap = evaluator.evaluate(gts, dets).mean_ap() if b.map else float("nan")
         for batch in b.batch_sizes:

@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from transferdet.config import target_classes, typed
-from transferdet.data.kitti import check_box, find_files, read_label_file
+from transferdet.data.kitti import find_files, read_label_file
 from transferdet.errors import ConfigError, DataError
 from transferdet.evaluation import Evaluator
 from transferdet.evaluation.coco import coco_map

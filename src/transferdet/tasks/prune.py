@@ -55,16 +55,22 @@ def latency_ms(model: torch.nn.Module, height: int, width: int, repeats: int = 1
     return 1e3 * sorted(times)[len(times) // 2]
 
 
-def sweep(cfg: DictConfig, module, p, ratios: list[float], run_dir: Path) -> dict[str, float]:
-    """Sensitivity sweep: per target ratio, mAP before retraining, params, FLOPs and CPU latency; a Pareto plot."""
+def val_loader(cfg: DictConfig, module):
+    """The validation split of ``cfg.dataset`` as ``module`` sees it (no augmentation)."""
     from transferdet.tasks.train import ensure_converted
     from transferdet.training.datamodule import DetectionDataModule
 
     dm = DetectionDataModule(ensure_converted(cfg), module.aug, batch_size=1, eval_batch_size=16, num_workers=0, seed=0)
     dm.setup()
+    return dm.val_dataloader()
+
+
+def sweep(cfg: DictConfig, module, p, ratios: list[float], run_dir: Path) -> dict[str, float]:
+    """Sensitivity sweep: per target ratio, mAP before retraining, params, FLOPs and CPU latency; a Pareto plot."""
+    loader = val_loader(cfg, module)
     original = copy.deepcopy(module.model)
     rows = [{"target_ratio": 1.0, "ratio": 1.0, "threshold": 0.0, "params": sum(x.numel() for x in original.parameters()),
-             "mAP": module.evaluate_loader(dm.val_dataloader(), prefix="")["mAP"],
+             "mAP": module.evaluate_loader(loader, prefix="")["mAP"],
              "latency_ms": latency_ms(original, module.height, module.width)}]
     rows[0]["flops"] = count(original, module.height, module.width)[0]
     for ratio in tqdm(ratios, desc="sweep", unit="ratio", disable=None):
@@ -74,7 +80,7 @@ def sweep(cfg: DictConfig, module, p, ratios: list[float], run_dir: Path) -> dic
         report, threshold = prune_to_ratio(model, trial, module.height, module.width)
         module.model = model
         rows.append({"target_ratio": ratio, "ratio": report.ratio, "threshold": threshold, "params": report.params_after,
-                     "flops": report.flops_after, "mAP": module.evaluate_loader(dm.val_dataloader(), prefix="")["mAP"],
+                     "flops": report.flops_after, "mAP": module.evaluate_loader(loader, prefix="")["mAP"],
                      "latency_ms": latency_ms(model, module.height, module.width)})
     module.model = original
     for r in rows:
@@ -125,6 +131,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             raise ConfigError("sweep_ratios", ratios, "a list of parameter ratios in (0, 1), e.g. [0.5,0.3,0.15]")
         return sweep(cfg, module, p, ratios, run_dir)
     model = module.model
+    loader = val_loader(cfg, module) if cfg.get("evaluate") else None
+    map_before = module.evaluate_loader(loader, prefix="")["mAP"] if loader else None
     if p.target_ratio is not None:
         report, threshold = prune_to_ratio(model, p, module.height, module.width)
         log.info("pruning.target_ratio=%g: threshold %.6g gives ratio %.4f", p.target_ratio, threshold, report.ratio)
@@ -141,10 +149,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                "layers": [{"name": x.name, "kept": x.kept, "total": x.total} for x in report.layers]}
     save_checkpoint({"state_dict": state, "hyper_parameters": hp, "pruning": summary, "epoch": 0, "global_step": 0},
                     run_dir / PRUNED_CHECKPOINT)
+    if loader:
+        summary["mAP_before"], summary["mAP_after"] = map_before, module.evaluate_loader(loader, prefix="")["mAP"]
+        log.info("val mAP %.4f before pruning, %.4f after (before retraining)", summary["mAP_before"],
+                 summary["mAP_after"])
     write_json_atomic(run_dir / "pruning_report.json", summary)
     text = report_markdown(report, threshold)
     write_text_atomic(run_dir / "pruning_report.md", text)
     print(text)
-    return {"prune/ratio": report.ratio, "prune/threshold": threshold, "prune/params_before": report.params_before,
-            "prune/params_after": report.params_after, "prune/flops_before": report.flops_before,
-            "prune/flops_after": report.flops_after}
+    metrics = {"prune/ratio": report.ratio, "prune/threshold": threshold, "prune/params_before": report.params_before,
+               "prune/params_after": report.params_after, "prune/flops_before": report.flops_before,
+               "prune/flops_after": report.flops_after}
+    if loader:
+        metrics.update({"prune/mAP_before": summary["mAP_before"], "prune/mAP_after": summary["mAP_after"]})
+    return metrics
