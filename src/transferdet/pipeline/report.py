@@ -90,7 +90,11 @@ def plot_training_curves(dirs: dict[str, Path], path: Path) -> bool:
     map_ax.set(xlabel="epoch", ylabel="val mAP", title="validation mAP", ylim=(0, 1))
     for ax in (loss_ax, map_ax):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "nothing logged (fewer steps than trainer.log_every_n_steps)", ha="center",
+                    va="center", transform=ax.transAxes, fontsize=9)
     _savefig(fig, path)
     return True
 
@@ -107,12 +111,13 @@ def plot_speed_vs_map(rows: list[dict], path: Path) -> bool:
     sel = [r for r in rows if r["batch"] == batch and r.get("mAP") is not None and not math.isnan(r["mAP"])]
     if not sel:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(10.5, 4.5), dpi=100)
     for r in sel:
         marker = "o" if r["model"] == "unpruned" else "s"
-        ax.scatter(r["e2e_ms_p50"], r["mAP"], marker=marker, s=60)
-        ax.annotate(f"{r['model']} {r['runtime']} {r['precision']}\n{r['speedup_e2e']:.1f}x",
-                    (r["e2e_ms_p50"], r["mAP"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.scatter(r["e2e_ms_p50"], r["mAP"], marker=marker, s=70, alpha=0.85,
+                   label=f"{r['model']} {r['runtime']} {r['precision']}: {r['e2e_ms_p50']:.1f} ms, "
+                         f"{r['speedup_e2e']:.1f}x, mAP {r['mAP']:.3f}")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_xscale("log")
     ax.set_xlabel(f"end-to-end ms per image, batch {batch} (log scale)")
     ax.set_ylabel("val mAP")
