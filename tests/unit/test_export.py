@@ -65,11 +65,19 @@ def test_onnx_contract_and_fp32_parity(model, onnx_fp32):
         assert np.abs(cov - ref[0].numpy()).max() < 1e-4 and np.abs(bbox - ref[1].numpy()).max() < 1e-3
 
 
-def test_int8_qdq_model_runs_and_its_ranges_make_a_valid_tensorrt_cache(onnx_fp32, tmp_path):
+@pytest.mark.parametrize("activations", ["uint8", "int8"])
+def test_int8_qdq_model_runs_and_its_ranges_make_a_valid_tensorrt_cache(onnx_fp32, tmp_path, activations):
     images = np.random.default_rng(0).random((16, 3, H, W), dtype=np.float32)
-    int8 = quantize_int8(onnx_fp32, tmp_path / "model_int8.onnx", images, "minmax", 8)
-    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    int8 = quantize_int8(onnx_fp32, tmp_path / "model_int8.onnx", images, "minmax", 8, activations)
+    graph = onnx.load(str(int8)).graph
+    ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    zero_points = [inits[n.input[2]] for n in graph.node
+                   if n.op_type == "QuantizeLinear" and n.input[0] not in inits and len(n.input) > 2]
+    assert zero_points and {z.dtype for z in zero_points} == {np.dtype(activations)}
+    if activations == "int8":  # symmetric: TensorRT explicit quantization
+        assert all(int(z) == 0 for z in zero_points)
     cov, bbox = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: images[:2]})
     assert cov.shape == (2, 3, 4, 8) and np.isfinite(cov).all() and np.isfinite(bbox).all()
     assert int8.stat().st_size < 0.4 * onnx_fp32.stat().st_size

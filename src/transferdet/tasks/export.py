@@ -94,16 +94,25 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if data_type == "fp16":
         models["fp16"] = to_fp16(fp32, run_dir / "model_fp16.onnx")
     elif data_type == "int8":
-        int8 = quantize_int8(fp32, run_dir / "model_int8.onnx", images, c.calibration_method.value, c.batch_size)
+        int8 = quantize_int8(fp32, run_dir / "model_int8.onnx", images, c.calibration_method.value, c.batch_size,
+                             e.int8_activations.value)
         add_metadata(int8, config, classes)
         models["int8"] = int8
         cache = write_cache(run_dir / "calibration.cache", activation_ranges(int8))
-    deployed = models[data_type]
+    # what DeepStream / TensorRT get: a uint8-activation QDQ model is for ONNX Runtime only, so TensorRT
+    # builds INT8 from the fp32 model and the calibration cache (TLT's way)
+    deployed = fp32 if data_type == "int8" and e.int8_activations.value == "uint8" else models[data_type]
     write_deepstream(run_dir, onnx_file=deployed, classes=classes, width=width, height=height, data_type=data_type,
                      post=module.postprocessor_config, calibration_cache=cache, max_batch_size=e.max_batch_size)
-    engine_note = build_engine(deployed, run_dir / "model.engine", data_type=data_type, height=height, width=width,
-                               max_batch_size=e.max_batch_size, workspace=e.max_workspace_size) if e.engine else \
-        "export.engine=false"
+    if not e.engine:
+        engine_note = "export.engine=false"
+    elif deployed is fp32 and data_type == "int8":
+        engine_note = (f"an INT8 engine from {fp32.name} needs its calibration cache: trtexec --onnx={fp32.name} --int8 "
+                       f"--calib={cache.name} --saveEngine=model.engine, or export with export.int8_activations=int8 "
+                       "(a QDQ model TensorRT builds directly)")
+    else:
+        engine_note = build_engine(deployed, run_dir / "model.engine", data_type=data_type, height=height, width=width,
+                                   max_batch_size=e.max_batch_size, workspace=e.max_workspace_size)
     if engine_note:
         log.warning("TensorRT engine not built: %s", engine_note)
 
