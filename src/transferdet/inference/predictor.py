@@ -92,6 +92,9 @@ def load_onnx(path: str | Path, overrides: Sequence[str] = ()):
     config = apply_overrides(json.loads(meta[ONNX_CONFIG_KEY]), overrides, GROUPS)
     module = DetectNetModule(config, json.loads(meta[ONNX_CLASSES_KEY])).eval()
     options = ort.SessionOptions()
+    # no busy-waiting of ONNX Runtime's threads after a run: on a small machine they would take the cores
+    # from the decoding, preprocessing and clustering around the network (measured: 32 -> 13 ms per image)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return module, session
