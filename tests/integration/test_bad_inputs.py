@@ -372,3 +372,46 @@ def test_bad_artefacts_and_outputs(cli, art, tmp_path, case):
     assert not (run_dir / "metrics.json").exists()
     for leftover in ("pruned.ckpt", "model_fp32.onnx", "model_int8.onnx", "calibration.npy", "report.md"):
         assert not (run_dir / leftover).exists(), leftover
+
+
+# ---------------------------------------------------------------- a full disk (simulated with a file size limit)
+def _run_with_file_size_limit(args: list[str], limit: int):
+    """``transferdet ARGS`` where no file may grow beyond ``limit`` bytes (writes fail with EFBIG, like ENOSPC)."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import CliResult
+
+    def limit_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run([sys.executable, "-m", "transferdet", *args], env=env, capture_output=True, text=True,
+                          timeout=300, preexec_fn=limit_files)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def test_disk_full_while_writing_a_dataset(tmp_path):
+    root = tmp_path / "ds"
+    r = _run_with_file_size_limit(["synth", f"dataset.root={root}", "synth.num_images=3",
+                                   f"hydra.run.dir={tmp_path / 'run'}"], limit=4000)
+    assert_clean_failure(r, "cannot be written", "File too large", "nothing was left under this name")
+    assert r.returncode == 2 and not root.exists()  # no half-written dataset under the dataset's name
+
+
+def test_disk_full_while_writing_a_checkpoint(tmp_path):
+    from tests.conftest import small_synth_config
+    from transferdet.data.synth import generate
+
+    root, run = tmp_path / "ds", tmp_path / "run"
+    generate(small_synth_config(10, seed=2, image_width=128, image_height=64), root, progress=False)
+    r = _run_with_file_size_limit(["train", f"dataset.root={root}", "model=resnet10", "training.num_workers=0",
+                                   "training.num_epochs=1", "callbacks.progress_bar=null", *SMALL,
+                                   f"hydra.run.dir={run}"], limit=2_000_000)
+    assert_clean_failure(r, "last.ckpt", "cannot be written", "is the disk full")
+    assert r.returncode == 2
+    assert not list((run / "checkpoints").glob("*.ckpt")) and not (run / "metrics.json").exists()
