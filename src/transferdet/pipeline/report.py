@@ -227,8 +227,9 @@ def write_report(cfg: DictConfig, run_dir: Path, dirs: dict[str, Path], records:
                   "- val mAP by precision: " + ", ".join(f"{k} {_pct(v)}" for k, v in parity.get("mAP", {}).items()),
                   f"- TensorRT engine: {parity.get('engine')}",
                   "- files: " + ", ".join(f"`{_rel(dirs['export'] / f, run_dir)}`" for f in parity.get("files", {}).values())
-                  + f", `{_rel(dirs['export'], run_dir)}/calibration.cache`, "
-                    f"`{_rel(dirs['export'], run_dir)}/deepstream/`", ""]
+                  + "".join(f", `{_rel(dirs['export'] / f, run_dir)}`"
+                            for f in ("calibration.cache", "nvinfer_config.txt", "labels.txt")
+                            if (dirs["export"] / f).is_file()), ""]
     lines += ["## Speed", ""]
     if rows:
         lines += [f"Measured on {bench.get('device', '?')} with {bench.get('threads', '?')} threads, one run; speedups "
