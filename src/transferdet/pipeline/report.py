@@ -141,12 +141,11 @@ def _dataset_section(cfg: DictConfig, dirs: dict[str, Path], root: Path) -> list
     return out + [""]
 
 
-def _accuracy_section(classes: list[str], dirs: dict[str, Path], root: Path) -> tuple[list[str], dict]:
+def _accuracy_section(classes: list[str], dirs: dict[str, Path], root: Path, prune: dict) -> tuple[list[str], dict]:
     results = {stage: _json(dirs[stage] / "metrics.json") for stage in ACCURACY}
     out = ["## Accuracy (validation split)", "",
            "| model | mAP | " + " | ".join(f"AP {c}" for c in classes) + " | COCO mAP@[.5:.95] |",
            "|---|---:|" + "---:|" * len(classes) + "---:|"]
-    prune = _json(dirs["prune"] / "pruning_report.json")
     for stage, label in ACCURACY.items():
         m = results[stage]
         if stage == "evaluate_pruned" and "mAP_after" in prune:
@@ -171,7 +170,7 @@ def write_report(cfg: DictConfig, run_dir: Path, dirs: dict[str, Path], records:
     bench = _json(dirs["benchmark"] / "benchmark.json")
     rows = bench.get("rows", []) if isinstance(bench, dict) else []
 
-    accuracy, results = _accuracy_section(classes, dirs, run_dir)
+    accuracy, results = _accuracy_section(classes, dirs, run_dir, prune)
     m_unpruned, m_pruned, m_int8 = (results[s].get("mAP") for s in ACCURACY)
     batch1 = {(r["model"], r["runtime"], r["precision"]): r for r in rows if r["batch"] == min(x["batch"] for x in rows)}
     best = batch1.get(("pruned", "onnxruntime", "int8"))
