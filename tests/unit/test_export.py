@@ -18,7 +18,7 @@ from transferdet.config.schema import (
 )
 from transferdet.export.deepstream import write_deepstream
 from transferdet.export.onnx_export import INPUT_NAME, OUTPUT_NAMES, deployable, export_onnx
-from transferdet.export.quantize import activation_ranges, quantize_int8
+from transferdet.export.quantize import activation_ranges, calibration_ranges, quantize_int8
 from transferdet.export.tensorrt_cache import read_cache, write_cache
 from transferdet.export.tensorrt_engine import build_engine
 from transferdet.models import build_detector
@@ -68,7 +68,7 @@ def test_onnx_contract_and_fp32_parity(model, onnx_fp32):
 @pytest.mark.parametrize("activations", ["uint8", "int8"])
 def test_int8_qdq_model_runs_and_its_ranges_make_a_valid_tensorrt_cache(onnx_fp32, tmp_path, activations):
     images = np.random.default_rng(0).random((16, 3, H, W), dtype=np.float32)
-    int8 = quantize_int8(onnx_fp32, tmp_path / "model_int8.onnx", images, "minmax", 8, activations)
+    int8 = quantize_int8(onnx_fp32, tmp_path / "model_int8.onnx", images, "minmax", 8, activations, "qdq")
     graph = onnx.load(str(int8)).graph
     ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -92,6 +92,26 @@ def test_int8_qdq_model_runs_and_its_ranges_make_a_valid_tensorrt_cache(onnx_fp3
         assert name in ranges and math.isfinite(scale) and scale > 0
         assert scale == pytest.approx(ranges[name] / 127, rel=1e-6)
     assert read_cache(cache).keys() == ranges.keys()
+    if activations == "uint8":  # what the export task writes the cache from
+        assert calibration_ranges(onnx_fp32, images, "minmax", 8, "uint8") == ranges
+
+
+def test_uint8_model_is_operator_format_and_computes_what_the_qdq_model_does(onnx_fp32, tmp_path):
+    """The default ONNX Runtime INT8 model: QLinearConv / QLinearAdd instead of QDQ pairs, same numbers."""
+    images = np.random.default_rng(0).random((16, 3, H, W), dtype=np.float32)
+    qop = quantize_int8(onnx_fp32, tmp_path / "qop.onnx", images, "minmax", 8, "uint8")
+    qdq = quantize_int8(onnx_fp32, tmp_path / "qdq.onnx", images, "minmax", 8, "uint8", "qdq")
+    ops = {n.op_type for n in onnx.load(str(qop)).graph.node}
+    assert {"QLinearConv", "QLinearAdd"} <= ops and "Conv" not in ops and "Add" not in ops
+    run = lambda m: ort.InferenceSession(str(m), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: images[:4]})
+    (cov_op, bbox_op), (cov_dq, bbox_dq) = run(qop), run(qdq)
+    cov_fp = run(onnx_fp32)[0]
+    # both are 8-bit approximations of the fp32 model, the operator format no worse than QDQ
+    err_op, err_dq = np.abs(cov_op - cov_fp).mean(), np.abs(cov_dq - cov_fp).mean()
+    assert err_op < 0.02 and err_dq < 0.02 and err_op < 1.5 * err_dq, (err_op, err_dq)
+    assert np.isfinite(bbox_op).all() and np.abs(bbox_op - bbox_dq).mean() < 0.1 * np.abs(bbox_dq).mean()
+    with pytest.raises(ValueError, match="format"):
+        quantize_int8(onnx_fp32, tmp_path / "x.onnx", images, "minmax", 8, "uint8", "qlinear")
 
 
 def test_deepstream_config_parses_and_names_existing_files(onnx_fp32, tmp_path):

@@ -390,9 +390,9 @@ class ExportConfig:
     max_map_drop: float = 1.0  # points of mAP an exported precision may lose against PyTorch fp32
     parity_images: int = 32  # validation images for the output comparison
     engine: bool = True  # build a TensorRT engine where TensorRT and a GPU exist
-    # INT8 activations of the QDQ model: uint8 (asymmetric: the most accurate in ONNX Runtime, post-ReLU
-    # tensors keep all 8 bits; DeepStream/TensorRT get the fp32 ONNX + calibration cache) or int8
-    # (symmetric: the same QDQ file is TensorRT explicit quantization)
+    # INT8 activations: uint8 (asymmetric: the most accurate in ONNX Runtime, post-ReLU tensors keep all
+    # 8 bits; an operator-format model, the fastest there; DeepStream/TensorRT get the fp32 ONNX +
+    # calibration cache) or int8 (symmetric, a QDQ model: TensorRT explicit quantization)
     int8_activations: Int8Activations = Int8Activations.uint8
 
 

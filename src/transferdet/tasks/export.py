@@ -2,8 +2,8 @@
 
 Writes into the run directory:
 
-* ``model_fp32.onnx`` always, and ``model_fp16.onnx`` or ``model_int8.onnx`` (QDQ, ONNX Runtime static
-  quantization) for those data types; every model carries its classes and settings as metadata, so
+* ``model_fp32.onnx`` always, and ``model_fp16.onnx`` or ``model_int8.onnx`` (ONNX Runtime static
+  quantization: operator format with uint8 activations, QDQ with int8) for those data types; every model carries its classes and settings as metadata, so
   ``infer``/``evaluate`` run it with ``runtime=onnxruntime`` and nothing else;
 * ``calibration.cache`` (TensorRT text format) for int8;
 * ``nvinfer_config.txt`` and ``labels.txt`` for DeepStream, ``model.engine`` where TensorRT and a GPU exist;
@@ -26,7 +26,7 @@ from transferdet.config import typed
 from transferdet.errors import TransferdetError
 from transferdet.export.deepstream import write_deepstream
 from transferdet.export.onnx_export import export_onnx
-from transferdet.export.quantize import activation_ranges, quantize_int8
+from transferdet.export.quantize import activation_ranges, calibration_ranges, quantize_int8
 from transferdet.export.tensorrt_cache import write_cache
 from transferdet.export.tensorrt_engine import build_engine
 from transferdet.inference.predictor import ONNX_CLASSES_KEY, ONNX_CONFIG_KEY, Predictor, load_module
@@ -98,8 +98,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                              e.int8_activations.value)
         add_metadata(int8, config, classes)
         models["int8"] = int8
-        cache = write_cache(run_dir / "calibration.cache", activation_ranges(int8))
-    # what DeepStream / TensorRT get: a uint8-activation QDQ model is for ONNX Runtime only, so TensorRT
+        # the cache holds ranges by the fp32 model's tensor names: a QDQ model has them as they are, the
+        # operator-format ONNX Runtime model (uint8) has fused some away, so its ranges come from a QDQ pass
+        ranges = activation_ranges(int8) if e.int8_activations.value == "int8" else \
+            calibration_ranges(fp32, images, c.calibration_method.value, c.batch_size, e.int8_activations.value)
+        cache = write_cache(run_dir / "calibration.cache", ranges)
+    # what DeepStream / TensorRT get: the uint8-activation model is for ONNX Runtime only, so TensorRT
     # builds INT8 from the fp32 model and the calibration cache (TLT's way)
     deployed = fp32 if data_type == "int8" and e.int8_activations.value == "uint8" else models[data_type]
     write_deepstream(run_dir, onnx_file=deployed, classes=classes, width=width, height=height, data_type=data_type,
@@ -139,10 +143,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         drop = 100 * (report["mAP"]["torch"] - report["mAP"][name])
         metrics[f"parity/mAP_drop_points_{name}"] = drop
         if drop > e.max_map_drop:
-            deltas = ", ".join(f"{cls} {100 * (report['AP']['torch'][cls] - report['AP'][name][cls]):+.2f}"
+            deltas = ", ".join(f"{cls} {100 * (report['AP'][name][cls] - report['AP']['torch'][cls]):+.2f}"
                                for cls in classes)
             failures.append(f"{name} loses {drop:.2f} mAP points (> export.max_map_drop={e.max_map_drop:g}); "
-                            f"per class: {deltas}")
+                            f"AP change per class, {name} - PyTorch: {deltas}")
     for name, path in models.items():
         metrics[f"export/size_mb_{name}"] = path.stat().st_size / 1e6
     write_json_atomic(run_dir / "parity.json", report)
