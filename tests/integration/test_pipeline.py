@@ -150,6 +150,23 @@ def test_stage_config_is_the_tasks_own_shape():
     assert digest(stage_config(other, stages["benchmark"], dirs)) != digest(bench)
 
 
+def test_retrain_epochs_follow_the_factor_unless_set():
+    from transferdet.errors import ConfigError
+
+    retrain = next(s for s in STAGES if s.name == "retrain")
+    dirs = stage_dirs(Path("/run"))
+    default = compose_task("pipeline")
+    assert stage_config(default, retrain, dirs).training.num_epochs == 2 * default.training.num_epochs == 14
+    cfg = compose_task("pipeline", ["training.num_epochs=40", "pipeline.retrain_epochs_factor=0.5"])
+    assert stage_config(cfg, retrain, dirs).training.num_epochs == 20
+    cfg = compose_task("pipeline", ["pipeline.retrain={training: {num_epochs: 3}}"])
+    assert stage_config(cfg, retrain, dirs).training.num_epochs == 3
+    for bad in ("0", "-1", "two"):
+        cfg = compose_task("pipeline", [f"pipeline.retrain_epochs_factor={bad}"])
+        with pytest.raises(ConfigError, match=r"pipeline\.retrain_epochs_factor"):
+            stage_config(cfg, retrain, dirs)
+
+
 def test_retrain_overrides_with_an_unknown_key_name_the_key():
     from transferdet.errors import ConfigError
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from transferdet.config import target_classes, typed
+from transferdet.pipeline.runner import retrain_epochs
 from transferdet.utils.io import atomic_path, write_text_atomic
 
 log = logging.getLogger("transferdet.pipeline")
@@ -190,7 +191,8 @@ def write_report(cfg: DictConfig, run_dir: Path, dirs: dict[str, Path], records:
     lines = ["# transferdet pipeline report", "",
              f"Model `{cfg.model.arch}{cfg.model.num_layers}`, input {cfg.augmentation.preprocessing.output_image_width}"
              f"x{cfg.augmentation.preprocessing.output_image_height}, classes {', '.join(classes)}; "
-             f"{cfg.training.num_epochs} training epochs. Every stage's outputs are in its numbered folder.", "",
+             f"{cfg.training.num_epochs} training epochs, {retrain_epochs(cfg)} retraining epochs. Every stage's "
+             "outputs are in its numbered folder.", "",
              "## Headline", "",
              "| | value |", "|---|---:|",
              f"| val mAP (%), unpruned | {fmt('pipeline/mAP_unpruned')} |",
@@ -201,7 +203,7 @@ def write_report(cfg: DictConfig, run_dir: Path, dirs: dict[str, Path], records:
              f"| parameters | {prune.get('params_before', 0):,} -> {prune.get('params_after', 0):,} |",
              f"| end-to-end speedup, pruned INT8 (ONNX Runtime) vs unpruned fp32 (PyTorch), batch "
              f"{min((r['batch'] for r in rows), default=1)} | {fmt('pipeline/speedup_pruned_int8_e2e', 1, 2, 'x')} |",
-             f"| end-to-end / network-only throughput, pruned INT8 | "
+             f"| end-to-end (streamed) / network-only throughput, pruned INT8 | "
              f"{fmt('pipeline/e2e_over_network_pruned_int8', 100, 0, ' %')} |", "",
              "## Stages", "", "| # | stage | status | time | folder |", "|---:|---|---|---:|---|"]
     from transferdet.pipeline.runner import STAGES, duration
@@ -231,8 +233,11 @@ def write_report(cfg: DictConfig, run_dir: Path, dirs: dict[str, Path], records:
                             if (dirs["export"] / f).is_file()), ""]
     lines += ["## Speed", ""]
     if rows:
-        lines += [f"Measured on {bench.get('device', '?')} with {bench.get('threads', '?')} threads, one run; speedups "
-                  "are end to end (decode, preprocess, network, clustering) against the unpruned PyTorch fp32 rows.", ""]
+        lines += [f"Measured on {bench.get('device', '?')} with {bench.get('threads', '?')} threads, one run. Latencies "
+                  "and speedups are end to end (decode, preprocess, network, clustering), one batch at a time, against "
+                  "the unpruned PyTorch fp32 rows; `e2e img/s streamed` is a stream of images with "
+                  f"{bench.get('workers', 1)} batches in flight, as `infer` runs them; network-only is one batch at a "
+                  "time.", ""]
         bench_md = dirs["benchmark"] / "benchmark.md"
         lines += [bench_md.read_text().rstrip() if bench_md.is_file() else "", ""]
         if (dirs["benchmark"] / "benchmark.png").is_file():

@@ -96,6 +96,19 @@ def _skip_synth(cfg: DictConfig) -> str | None:
     return None
 
 
+def retrain_epochs(cfg: DictConfig) -> int:
+    """``pipeline.retrain``'s ``training.num_epochs`` when it sets one, else ``pipeline.retrain_epochs_factor``
+    times the training epochs (an epoch of the pruned model costs a fraction of the unpruned one's)."""
+    explicit = OmegaConf.select(cfg, "pipeline.retrain.training.num_epochs", default=None)
+    if explicit is not None:
+        return explicit
+    factor = cfg.pipeline.get("retrain_epochs_factor", 1)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
+        raise ConfigError("pipeline.retrain_epochs_factor", factor, "a number > 0 (retrain epochs = factor x "
+                                                                   "training.num_epochs)")
+    return max(1, round(factor * cfg.training.num_epochs))
+
+
 STAGES: list[Stage] = [
     Stage("synth", "synth", "synthesise the default dataset (when absent)", skip=_skip_synth),
     Stage("convert", "convert", "validate and convert the dataset"),
@@ -105,7 +118,8 @@ STAGES: list[Stage] = [
     Stage("prune", "prune", "prune the trained model (val mAP before and after)",
           lambda cfg, d: {"checkpoint": _last(d["train"]), "sweep": False, "evaluate": True}),
     Stage("retrain", "train", "retrain the pruned model",
-          lambda cfg, d: {"model.pruned_checkpoint": str(d["prune"] / "pruned.ckpt"), "training.resume": "auto"},
+          lambda cfg, d: {"model.pruned_checkpoint": str(d["prune"] / "pruned.ckpt"), "training.resume": "auto",
+                          "training.num_epochs": retrain_epochs(cfg)},
           merge_key="retrain"),
     Stage("evaluate_pruned", "evaluate", "evaluate the pruned, retrained model",
           lambda cfg, d: {"checkpoint": _last(d["retrain"]), "runtime": "torch"}),
