@@ -105,6 +105,48 @@ def test_infer_and_evaluate_refuse_bad_inputs(trained, tmp_path, cli):
     assert r.returncode == 2 and f"{preds / 'zzz.txt'}: prediction file has no ground-truth label file" in r.stderr
     r = cli("evaluate", f"hydra.run.dir={tmp_path / 'd'}")
     assert r.returncode == 2 and "config key 'checkpoint'" in r.stderr
+    r = cli("infer", f"checkpoint={trained['ckpt']}", f"input={trained['images']}", "workers=0",
+            f"hydra.run.dir={tmp_path / 'e'}")
+    assert r.returncode == 2 and "config key 'workers'" in r.stderr and "an integer >= 1" in r.stderr
+
+
+def test_stream_gives_what_serial_calls_give_in_order_with_bounded_look_ahead(trained):
+    import threading
+
+    from transferdet.data.loader import load_rgb
+    from transferdet.errors import DataError
+    from transferdet.inference.predictor import Predictor
+
+    predictor = Predictor.load(trained["ckpt"])
+    files = sorted(trained["images"].glob("*.png")) * 2  # 2 x the validation images
+    serial = [d for i in range(0, len(files), 3) for d in predictor([load_rgb(f) for f in files[i:i + 3]])]
+    loaded, lock, most_ahead = [0], threading.Lock(), [0]
+    yielded = 0
+
+    def load(path):
+        with lock:
+            loaded[0] += 1
+            most_ahead[0] = max(most_ahead[0], loaded[0] - yielded)
+        return load_rgb(path)
+
+    streamed, order = [], []
+    for chunk, images, found in predictor.stream(files, load, batch_size=3, workers=2):
+        assert len(chunk) == len(images) == len(found) <= 3
+        order += chunk
+        streamed += found
+        yielded += len(chunk)
+    assert order == files and len(streamed) == len(serial)
+    for a, b in zip(streamed, serial):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.class_ids, b.class_ids)
+    assert most_ahead[0] <= 2 * 2 * 3  # 2 x workers batches in flight at most
+    # a file that cannot be read stops the stream with its own error
+    broken = trained["images"].parent / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png"):
+        for _ in predictor.stream(files[:4] + [broken] + files[:4], load_rgb, batch_size=2, workers=2):
+            pass
 
 
 def test_export_then_onnxruntime_infer_matches_torch(trained, tmp_path, cli):
@@ -161,12 +203,18 @@ def test_benchmark_writes_a_table_json_and_chart(trained, tmp_path, cli):
     for x in rows:
         # timings are only checked for being measured: comparing them belongs to the benchmark, not a test
         assert x["e2e_ms_p50"] > 0 and x["network_ms_p50"] > 0 and 0 <= x["mAP"] <= 1
+        assert x["e2e_images_per_s"] > 0 and x["e2e_serial_images_per_s"] > 0
+        assert x["e2e_over_network"] == pytest.approx(x["e2e_images_per_s"] / x["network_images_per_s"])
     assert all(x["speedup_e2e"] == pytest.approx(1.0) for x in rows if x["runtime"] == "torch")
+    assert out["workers"] == 2
     md = (tmp_path / "bench" / "benchmark.md").read_text()
     assert md.count("\n") == 2 + len(rows) and "| unpruned | onnxruntime | int8 | 2 |" in md
     assert (tmp_path / "bench" / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
     r = cli("benchmark", f"hydra.run.dir={tmp_path / 'none'}")
     assert r.returncode == 2 and "config key 'benchmark.models'" in r.stderr
+    r = cli("benchmark", f"benchmark.models={{unpruned: {trained['ckpt']}}}", f"dataset.root={trained['root']}",
+            "benchmark.workers=0", f"hydra.run.dir={tmp_path / 'w'}")
+    assert r.returncode == 2 and "config key 'benchmark.workers'" in r.stderr
 
 
 def test_prune_then_retrain_from_config_in_a_fresh_process(trained, tmp_path, cli):

@@ -4,8 +4,11 @@ Models are ``benchmark.models`` (name -> checkpoint, e.g. ``unpruned`` and ``pru
 as PyTorch fp32 and, exported on the fly, ONNX Runtime fp32 and int8 (calibrated on training images).
 Two timings per row, in the same run:
 
-* network-only: a preprocessed batch in, raw outputs out;
-* end-to-end: PNG bytes in, detections out (decode, preprocess, network, clustering).
+* network-only: a preprocessed batch in, raw outputs out, batch after batch;
+* end-to-end: PNG bytes in, detections out (decode, preprocess, network, clustering). The latency
+  (ms/img p50, p90) is one batch at a time; the throughput (img/s, 30-FPS streams, e2e / network) is a
+  stream of images through ``Predictor.stream`` with ``benchmark.workers`` batches in flight, the way
+  ``infer`` runs.
 
 Rows report ms/image (p50, p90), images/s, 30-FPS streams sustained, model size, mAP on the validation
 split and the speedup over the first model's PyTorch fp32 row. Writes ``benchmark.json``,
@@ -28,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from transferdet.errors import ConfigError
-from transferdet.inference.predictor import Predictor
+from transferdet.inference.predictor import Predictor, threads_per_worker
 from transferdet.utils.io import atomic_path, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -52,20 +55,29 @@ def _encoded_images(cfg: DictConfig, count: int) -> list[bytes]:
     return [Path(val[i % len(val)].image_path).read_bytes() for i in range(count)]
 
 
-def measure(predictor: Predictor, images: list[bytes], batch: int, repeats: int) -> dict[str, float]:
-    decoded = [np.array(Image.open(io.BytesIO(b)).convert("RGB")) for b in images[:batch]]
+def _decode(data: bytes) -> np.ndarray:
+    return np.array(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def measure(predictor: Predictor, images: list[bytes], batch: int, repeats: int, streamer: Predictor | None = None,
+            workers: int = 1) -> dict[str, float]:
+    """Network-only and end-to-end latency of ``batch`` images at a time, and the end-to-end throughput of
+    ``images`` streamed through ``streamer`` (default: ``predictor``) with ``workers`` batches in flight."""
+    decoded = [_decode(b) for b in images[:batch]]
     tensors = torch.stack([predictor.preprocess(im) for im in decoded])
     network = _timings(lambda: predictor.outputs(tensors), repeats) / batch
+    e2e = _timings(lambda: predictor([_decode(b) for b in images[:batch]]), repeats) / batch
 
-    def end_to_end():
-        ims = [np.array(Image.open(io.BytesIO(b)).convert("RGB")) for b in images[:batch]]
-        predictor(ims)
+    def stream():
+        for _ in (streamer or predictor).stream(images, _decode, batch, workers):
+            pass
 
-    e2e = _timings(end_to_end, repeats) / batch
+    streamed = _timings(stream, 3) / len(images)
     return {
         "network_ms_p50": 1e3 * float(np.median(network)), "network_ms_p90": 1e3 * float(np.percentile(network, 90)),
         "e2e_ms_p50": 1e3 * float(np.median(e2e)), "e2e_ms_p90": 1e3 * float(np.percentile(e2e, 90)),
-        "network_images_per_s": 1.0 / float(np.median(network)), "e2e_images_per_s": 1.0 / float(np.median(e2e)),
+        "network_images_per_s": 1.0 / float(np.median(network)), "e2e_images_per_s": 1.0 / float(np.median(streamed)),
+        "e2e_serial_images_per_s": 1.0 / float(np.median(e2e)),
     }
 
 
@@ -96,7 +108,7 @@ def _variants(cfg: DictConfig, name: str, checkpoint: str, work: Path, precision
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| model | runtime | precision | batch | e2e ms/img p50 | p90 | e2e img/s | network ms/img p50 | "
+    head = ("| model | runtime | precision | batch | e2e ms/img p50 | p90 | e2e img/s streamed | network ms/img p50 | "
             "network img/s | e2e / network | 30-FPS streams | size MB | mAP | speedup e2e |")
     lines = [head, "|" + "---|" * 14]
     for r in rows:
@@ -144,29 +156,36 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         if not Path(path).is_file():
             raise ConfigError(f"benchmark.models.{name}", path, "an existing transferdet checkpoint file")
     torch.set_num_threads(int(b.threads) if b.threads else torch.get_num_threads())
-    images = _encoded_images(cfg, max(b.batch_sizes) * 2)
+    workers = b.get("workers", 2)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError("benchmark.workers", workers, "an integer >= 1 (batches in flight in the streamed run)")
+    images = _encoded_images(cfg, max(16, 4 * workers * max(b.batch_sizes)))
     variants = [v for name, path in models.items()
                 for v in _variants(cfg, name, str(path), run_dir, list(b.precisions))]
     rows: list[dict] = []
     for model, runtime, precision, path in variants:
         # the checkpoint's settings with the command line's on top (e.g. another input size, as in infer)
         predictor = Predictor.load(str(path), runtime, user_overrides())
+        # the streamed run shares the cores out between its workers (ONNX Runtime threads are per session)
+        streamer = Predictor.load(str(path), runtime, user_overrides(), threads=threads_per_worker(workers)) \
+            if runtime == "onnxruntime" and workers > 1 else predictor
         gts, dets, _, evaluator = evaluate_model(cfg, str(path), runtime) if b.map else ([], [], None, None)
         m_ap = evaluator.evaluate(gts, dets).mean_ap() if b.map else float("nan")
         for batch in b.batch_sizes:
-            r = measure(predictor, images, int(batch), int(b.repeats))
+            r = measure(predictor, images, int(batch), int(b.repeats), streamer, workers)
             r.update(model=model, runtime=runtime, precision=precision, batch=int(batch), mAP=m_ap,
                      size_mb=Path(path).stat().st_size / 1e6)
             rows.append(r)
-            log.info("%s %s %s batch %d: %.2f ms/img end to end, %.2f network", model, runtime, precision, batch,
-                     r["e2e_ms_p50"], r["network_ms_p50"])
+            log.info("%s %s %s batch %d: %.2f ms/img end to end (%.1f img/s streamed), %.2f network", model, runtime,
+                     precision, batch, r["e2e_ms_p50"], r["e2e_images_per_s"], r["network_ms_p50"])
     base = {r["batch"]: r for r in rows if r["model"] == variants[0][0] and r["runtime"] == "torch"}
     for r in rows:
         r["speedup_e2e"] = base[r["batch"]]["e2e_ms_p50"] / r["e2e_ms_p50"]
         r["e2e_over_network"] = r["e2e_images_per_s"] / r["network_images_per_s"]
         r["streams_30fps"] = r["e2e_images_per_s"] / 30.0
     write_json_atomic(run_dir / "benchmark.json", {"device": "cuda" if torch.cuda.is_available() else "cpu",
-                                                   "threads": torch.get_num_threads(), "rows": rows})
+                                                   "threads": torch.get_num_threads(), "workers": workers,
+                                                   "rows": rows})
     write_text_atomic(run_dir / "benchmark.md", markdown(rows))
     plot(rows, run_dir / "benchmark.png")
     print(markdown(rows))

@@ -6,14 +6,14 @@ Writes into the run directory (TLT's layout):
   pixels of the original image (for a video: ``<video>_<frame:06d>.txt``);
 * ``images_annotated/<name>.png`` with the boxes drawn, or ``<video>_annotated.mp4``.
 
-Images and frames stream through in batches of ``batch_size``: memory does not grow with the input.
+Images and frames stream through in batches of ``batch_size``, ``workers`` batches at a time (decoding
+and clustering of one batch overlap the network of another): memory does not grow with the input.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from omegaconf import DictConfig
@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from transferdet.data.kitti import KittiObject, write_label_file
 from transferdet.data.loader import load_rgb
 from transferdet.errors import ConfigError, DataError
-from transferdet.inference.predictor import Predictor
+from transferdet.inference.predictor import Predictor, threads_per_worker
 from transferdet.structures import Detections
 from transferdet.tasks.evaluate import user_overrides
 from transferdet.utils.io import atomic_path
@@ -38,17 +38,6 @@ def kitti_objects(det: Detections, classes: list[str]) -> list[KittiObject]:
             for box, k, s in zip(det.boxes, det.class_ids, det.scores)]
 
 
-def _batches(items: Iterator, size: int) -> Iterator[list]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def image_inputs(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
@@ -58,7 +47,8 @@ def image_inputs(path: Path) -> list[Path]:
     return files
 
 
-def infer_images(predictor: Predictor, files: list[Path], run_dir: Path, batch_size: int, draw_threshold: float) -> int:
+def infer_images(predictor: Predictor, files: list[Path], run_dir: Path, batch_size: int, draw_threshold: float,
+                 workers: int = 1) -> int:
     from tqdm import tqdm
 
     labels_dir, images_dir = run_dir / "labels", run_dir / "images_annotated"
@@ -66,9 +56,8 @@ def infer_images(predictor: Predictor, files: list[Path], run_dir: Path, batch_s
     images_dir.mkdir(parents=True, exist_ok=True)
     count = 0
     with tqdm(total=len(files), desc="infer", unit="img", disable=None) as bar:
-        for chunk in _batches(iter(files), batch_size):
-            images = [load_rgb(p) for p in chunk]
-            for path, image, det in zip(chunk, images, predictor(images)):
+        for chunk, images, found in predictor.stream(files, load_rgb, batch_size, workers):
+            for path, image, det in zip(chunk, images, found):
                 with atomic_path(labels_dir / f"{path.stem}.txt") as tmp:
                     write_label_file(tmp, kitti_objects(det, predictor.classes))
                 with atomic_path(images_dir / f"{path.stem}.png") as tmp:
@@ -78,7 +67,8 @@ def infer_images(predictor: Predictor, files: list[Path], run_dir: Path, batch_s
     return count
 
 
-def infer_video(predictor: Predictor, path: Path, run_dir: Path, batch_size: int, draw_threshold: float) -> int:
+def infer_video(predictor: Predictor, path: Path, run_dir: Path, batch_size: int, draw_threshold: float,
+                workers: int = 1) -> int:
     import av
     from tqdm import tqdm
 
@@ -100,8 +90,8 @@ def infer_video(predictor: Predictor, path: Path, run_dir: Path, batch_size: int
         frames = (f.to_ndarray(format="rgb24") for f in source.decode(stream))
         with tqdm(total=stream.frames or None, desc="infer", unit="frame", disable=None) as bar:
             try:
-                for chunk in _batches(frames, batch_size):
-                    for image, det in zip(chunk, predictor(chunk)):
+                for chunk, _, found in predictor.stream(frames, lambda frame: frame, batch_size, workers):
+                    for image, det in zip(chunk, found):
                         with atomic_path(labels_dir / f"{path.stem}_{count:06d}.txt") as t:
                             write_label_file(t, kitti_objects(det, predictor.classes))
                         drawn = np.asarray(draw_detections(image, det, None, predictor.classes, draw_threshold))
@@ -125,16 +115,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         raise ConfigError("checkpoint", checkpoint, "a transferdet checkpoint file (checkpoint=PATH)")
     if not source or not Path(source).exists():
         raise ConfigError("input", source, "an existing image file, folder of images, or video file (input=PATH)")
-    batch_size = int(cfg.get("batch_size", 8))
-    if batch_size < 1:
-        raise ConfigError("batch_size", batch_size, "an integer >= 1")
-    predictor = Predictor.load(checkpoint, str(cfg.get("runtime", "torch")), user_overrides())
+    batch_size, workers = cfg.get("batch_size", 8), cfg.get("workers", 2)
+    for key, value in (("batch_size", batch_size), ("workers", workers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(key, value, "an integer >= 1")
+    predictor = Predictor.load(checkpoint, str(cfg.get("runtime", "torch")), user_overrides(),
+                               threads=threads_per_worker(workers))
     threshold = float(cfg.get("draw_threshold", 0.0))
     path = Path(source)
     if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
-        n = infer_video(predictor, path, run_dir, batch_size, threshold)
+        n = infer_video(predictor, path, run_dir, batch_size, threshold, workers)
     elif path.is_dir() or path.suffix.lower() in IMAGE_EXTENSIONS:
-        n = infer_images(predictor, image_inputs(path), run_dir, batch_size, threshold)
+        n = infer_images(predictor, image_inputs(path), run_dir, batch_size, threshold, workers)
     else:
         raise ConfigError("input", source, f"an image ({', '.join(IMAGE_EXTENSIONS)}), a folder of images, or a video "
                                            f"({', '.join(VIDEO_EXTENSIONS)})")
