@@ -106,3 +106,39 @@ def test_batch_of_images_is_processed_per_image():
 def test_shape_mismatch_is_reported():
     with pytest.raises(ValueError, match=r"expected cov \[B, 1, H, W\]"):
         postprocessor("dbscan")(np.zeros((1, 2, 8, 24)), np.zeros((1, 8, 8, 24)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_batched_dbscan_with_noise_left_out_labels_like_scikit_learn_per_group(seed):
+    """dbscan_labels (one call for all groups, certain noise left out) against scikit-learn's DBSCAN run on
+    each group alone, with the dense 1 - IoU matrix: the same clusters and the same noise."""
+    from sklearn.cluster import DBSCAN
+
+    from transferdet.boxes import iou_matrix
+    from transferdet.postprocess.clustering import Group, dbscan_labels
+
+    rng = np.random.default_rng(seed)
+    groups = []
+    for g in range(5):
+        centres = rng.uniform(0, 300, (rng.integers(1, 5), 2))
+        n = int(rng.integers(0, 120))
+        base = centres[rng.integers(len(centres), size=n)] + rng.normal(0, 6, (n, 2))
+        size = rng.uniform(20, 60, (n, 2))
+        boxes = np.concatenate([base, base + size], 1)
+        cov = rng.choice([0.006, 0.02, 0.3, 0.8], n, p=[0.5, 0.2, 0.2, 0.1])  # many weak, noise-like candidates
+        groups.append(Group(boxes, cov, ClusteringConfig(dbscan_eps=float(rng.choice([0.1, 0.2, 0.4])),
+                                                         dbscan_min_samples=float(rng.choice([0.05, 0.5, 1.0])))))
+    got = dbscan_labels(groups)
+    noise = 0
+    for g, labels in zip(groups, got):
+        if not len(g.boxes):
+            assert len(labels) == 0
+            continue
+        ref = DBSCAN(eps=g.cfg.dbscan_eps, min_samples=1, metric="precomputed").fit_predict(
+            1.0 - iou_matrix(g.boxes, g.boxes), sample_weight=g.cov / g.cfg.dbscan_min_samples)
+        np.testing.assert_array_equal(labels < 0, ref < 0)
+        # the same partition into clusters (scikit-learn numbers them in the same order, per call)
+        pairs = {(int(a), int(b)) for a, b in zip(labels, ref) if a >= 0}
+        assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
+        noise += int((ref < 0).sum())
+    assert noise > 0  # the cases do have noise to leave out
