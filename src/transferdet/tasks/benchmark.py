@@ -159,7 +159,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     workers = b.get("workers", 2)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError("benchmark.workers", workers, "an integer >= 1 (batches in flight in the streamed run)")
-    images = _encoded_images(cfg, max(16, 4 * workers * max(b.batch_sizes)))
+    images = _encoded_images(cfg, max(16, 2 * workers * max(b.batch_sizes)))
     variants = [v for name, path in models.items()
                 for v in _variants(cfg, name, str(path), run_dir, list(b.precisions))]
     rows: list[dict] = []
