@@ -100,3 +100,17 @@ def test_colour_matrix_is_identity_without_jitter_and_bounded_otherwise():
     out = Augmenter(cfg, train=True, seed=0)((np.random.default_rng(1).random((H, W, 3)) * 255).astype(np.uint8),
                                              np.zeros((0, 4), np.float32), np.zeros(0, bool), 0)
     assert 0 <= out.image.min() and out.image.max() <= 1
+
+
+@pytest.mark.parametrize("shape", [(H, W), (H - 10, W + 30), (H + 20, W - 7), (H // 2, W // 2)])
+@pytest.mark.parametrize("resize,channels", [(False, 3), (True, 3), (False, 1)])
+def test_inference_preprocess_gives_the_evaluation_pixels_exactly(shape, resize, channels):
+    """preprocess (the inference fast path) against __call__'s evaluation path, which boxes also go through."""
+    cfg = AugmentationConfig(preprocessing=PreprocessingConfig(output_image_width=W, output_image_height=H,
+                                                               resize=resize, output_image_channel=channels))
+    aug = Augmenter(cfg, train=False)
+    img = (np.random.default_rng(sum(shape)).random((*shape, 3)) * 255).astype(np.uint8)
+    fast = aug.preprocess(img)
+    reference = aug(img, np.zeros((0, 4), np.float32), np.zeros(0, bool), 0).image
+    assert fast.shape == (channels, H, W) and fast.dtype == torch.float32 and fast.is_contiguous()
+    assert torch.equal(fast, reference)

@@ -68,8 +68,27 @@ class Augmenter:
         self.height = cfg.preprocessing.output_image_height
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """An image alone (no boxes) as the network takes it: ``[3, H, W]`` float in [0, 1]."""
-        return self(image, np.zeros((0, 4), np.float32), np.zeros(0, bool), 0).image
+        """An image alone (no boxes) as the network takes it: ``[3, H, W]`` float in [0, 1].
+
+        Without augmentation this is the evaluation path of ``__call__`` (resize, or pad right/bottom
+        with 0 and crop top-left) on a plain tensor: the same pixels, without the box bookkeeping, which
+        costs more than the pixels themselves for a small image (inference takes this path).
+        """
+        if self.train:
+            return self(image, np.zeros((0, 4), np.float32), np.zeros(0, bool), 0).image
+        pre, W, H = self.cfg.preprocessing, self.width, self.height
+        img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        if pre.resize:
+            img = F.resize(img, [H, W], antialias=True)
+        elif tuple(img.shape[-2:]) != (H, W):
+            canvas = img.new_zeros((img.shape[0], H, W))
+            h, w = min(H, img.shape[1]), min(W, img.shape[2])
+            canvas[:, :h, :w] = img[:, :h, :w]
+            img = canvas
+        out = F.to_dtype(img, torch.float32, scale=True)
+        if pre.output_image_channel == 1:
+            out = (0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2])[None]
+        return out.contiguous()
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, is_object: np.ndarray, index: int,
                  epoch: int = 0) -> Sample:

@@ -165,7 +165,7 @@ class Predictor:
     def outputs(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Raw network outputs (cov, bbox) of a preprocessed batch, from whichever runtime."""
         if self.session is not None:
-            cov, bbox = self.session.run(None, {"input_1": batch.numpy().astype(np.float32)})
+            cov, bbox = self.session.run(None, {"input_1": np.asarray(batch.numpy(), np.float32)})
             return cov, bbox
         cov, bbox = self.module.model(batch.to(self.device))
         return cov.float().cpu().numpy(), bbox.float().cpu().numpy()
