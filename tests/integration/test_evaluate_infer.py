@@ -145,8 +145,7 @@ def test_stream_gives_what_serial_calls_give_in_order_with_bounded_look_ahead(tr
     broken = trained["images"].parent / "broken.png"
     broken.write_bytes(b"not a png")
     with pytest.raises(DataError, match="broken.png"):
-        for _ in predictor.stream(files[:4] + [broken] + files[:4], load_rgb, batch_size=2, workers=2):
-            pass
+        list(predictor.stream(files[:4] + [broken] + files[:4], load_rgb, batch_size=2, workers=2))
 
 
 def test_export_then_onnxruntime_infer_matches_torch(trained, tmp_path, cli):

@@ -28,8 +28,10 @@ def _in_range(key: str, value: float, lo: float, hi: float, *, lo_open: bool = F
     _require(above and below, key, value, f"a number in {lb}{lo:g}, {hi:g}{rb}")
 
 
-def _positive_int(key: str, value: int) -> None:
-    _require(value >= 1, key, value, "an integer >= 1")
+def positive_int(key: str, value: Any, allowed: str = "an integer >= 1") -> int:
+    """``value`` when it is an integer >= 1 (not a bool), else a ConfigError naming ``key``."""
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key, value, allowed)
+    return value
 
 
 def target_classes(dataset: S.DatasetConfig) -> list[str]:
@@ -44,7 +46,7 @@ def target_classes(dataset: S.DatasetConfig) -> list[str]:
 
 def validate_dataset(d: S.DatasetConfig) -> None:
     _in_range("dataset.val_split", d.val_split, 0, 100, hi_open=True)
-    _positive_int("dataset.num_shards", d.num_shards)
+    positive_int("dataset.num_shards", d.num_shards)
     _require(d.image_extension.startswith("."), "dataset.image_extension", d.image_extension,
              "an extension starting with '.', e.g. '.png' or '.jpg'")
     _require(bool(d.target_class_mapping), "dataset.target_class_mapping", {}, "at least one source -> target entry")
@@ -110,8 +112,8 @@ def validate_model(m: S.ModelConfig) -> None:
 
 
 def validate_training(t: S.TrainingConfig) -> None:
-    _positive_int("training.batch_size_per_gpu", t.batch_size_per_gpu)
-    _positive_int("training.num_epochs", t.num_epochs)
+    positive_int("training.batch_size_per_gpu", t.batch_size_per_gpu)
+    positive_int("training.num_epochs", t.num_epochs)
     _require(t.checkpoint_interval >= 0, "training.checkpoint_interval", t.checkpoint_interval, "an integer >= 0")
     _require(t.num_workers >= 0, "training.num_workers", t.num_workers, "an integer >= 0")
     sch = t.learning_rate.soft_start_annealing_schedule
@@ -139,10 +141,10 @@ def validate_evaluation(e: S.EvaluationConfig) -> None:
                  f"a number >= minimum_height ({box.minimum_height:g})")
         _require(box.maximum_width >= box.minimum_width, f"{key}.maximum_width", box.maximum_width,
                  f"a number >= minimum_width ({box.minimum_width:g})")
-    _positive_int("evaluation.validation_period_during_training", e.validation_period_during_training)
+    positive_int("evaluation.validation_period_during_training", e.validation_period_during_training)
     _require(e.first_validation_epoch >= 0, "evaluation.first_validation_epoch", e.first_validation_epoch,
              "an integer >= 0")
-    _positive_int("evaluation.batch_size", e.batch_size)
+    positive_int("evaluation.batch_size", e.batch_size)
 
 
 def validate_rasterizer(r: S.RasterizerConfig) -> None:
@@ -203,21 +205,21 @@ def validate_synth(s: S.SynthConfig) -> None:
 
 
 def validate_export(e: S.ExportConfig) -> None:
-    _positive_int("export.max_batch_size", e.max_batch_size)
-    _positive_int("export.max_workspace_size", e.max_workspace_size)
+    positive_int("export.max_batch_size", e.max_batch_size)
+    positive_int("export.max_workspace_size", e.max_workspace_size)
     _in_range("export.max_map_drop", e.max_map_drop, 0, 100)
-    _positive_int("export.parity_images", e.parity_images)
+    positive_int("export.parity_images", e.parity_images)
 
 
 def validate_calibration(c: S.CalibrationConfig) -> None:
-    _positive_int("calibration.batches", c.batches)
-    _positive_int("calibration.batch_size", c.batch_size)
+    positive_int("calibration.batches", c.batches)
+    positive_int("calibration.batch_size", c.batch_size)
 
 
 def validate_pruning(p: S.PruningConfig) -> None:
     _require(p.pruning_threshold >= 0, "pruning.pruning_threshold", p.pruning_threshold, "a number >= 0")
-    _positive_int("pruning.pruning_granularity", p.pruning_granularity)
-    _positive_int("pruning.min_num_filters", p.min_num_filters)
+    positive_int("pruning.pruning_granularity", p.pruning_granularity)
+    positive_int("pruning.min_num_filters", p.min_num_filters)
     if p.target_ratio is not None:
         _in_range("pruning.target_ratio", p.target_ratio, 0, 1, lo_open=True)
 

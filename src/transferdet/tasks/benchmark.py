@@ -30,6 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from transferdet.config.validate import positive_int
 from transferdet.errors import ConfigError
 from transferdet.inference.predictor import Predictor, threads_per_worker
 from transferdet.utils.io import atomic_path, write_json_atomic, write_text_atomic
@@ -156,9 +157,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         if not Path(path).is_file():
             raise ConfigError(f"benchmark.models.{name}", path, "an existing transferdet checkpoint file")
     torch.set_num_threads(int(b.threads) if b.threads else torch.get_num_threads())
-    workers = b.get("workers", 2)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError("benchmark.workers", workers, "an integer >= 1 (batches in flight in the streamed run)")
+    workers = positive_int("benchmark.workers", b.get("workers", 2),
+                           "an integer >= 1 (batches in flight in the streamed run)")
     images = _encoded_images(cfg, max(16, 2 * workers * max(b.batch_sizes)))
     variants = [v for name, path in models.items()
                 for v in _variants(cfg, name, str(path), run_dir, list(b.precisions))]

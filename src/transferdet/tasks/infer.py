@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from transferdet.config.validate import positive_int
 from transferdet.data.kitti import KittiObject, write_label_file
 from transferdet.data.loader import load_rgb
 from transferdet.errors import ConfigError, DataError
@@ -115,10 +116,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         raise ConfigError("checkpoint", checkpoint, "a transferdet checkpoint file (checkpoint=PATH)")
     if not source or not Path(source).exists():
         raise ConfigError("input", source, "an existing image file, folder of images, or video file (input=PATH)")
-    batch_size, workers = cfg.get("batch_size", 8), cfg.get("workers", 2)
-    for key, value in (("batch_size", batch_size), ("workers", workers)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(key, value, "an integer >= 1")
+    batch_size = positive_int("batch_size", cfg.get("batch_size", 8))
+    workers = positive_int("workers", cfg.get("workers", 2))
     predictor = Predictor.load(checkpoint, str(cfg.get("runtime", "torch")), user_overrides(),
                                threads=threads_per_worker(workers))
     threshold = float(cfg.get("draw_threshold", 0.0))
