@@ -108,6 +108,16 @@ def test_infer_and_evaluate_refuse_bad_inputs(trained, tmp_path, cli):
     r = cli("infer", f"checkpoint={trained['ckpt']}", f"input={trained['images']}", "workers=0",
             f"hydra.run.dir={tmp_path / 'e'}")
     assert r.returncode == 2 and "config key 'workers'" in r.stderr and "an integer >= 1" in r.stderr
+    r = cli("infer", f"checkpoint={trained['ckpt']}", f"input={trained['images']}", "precision=fp8",
+            f"hydra.run.dir={tmp_path / 'f'}")
+    assert r.returncode == 2 and "config key 'precision'" in r.stderr and "fp32 | fp16" in r.stderr
+    import torch
+
+    if not torch.cuda.is_available():  # fp16 is the GPU's (tests/integration/test_gpu.py runs it there)
+        r = cli("infer", f"checkpoint={trained['ckpt']}", f"input={trained['images']}", "precision=fp16",
+                f"hydra.run.dir={tmp_path / 'g'}")
+        assert r.returncode == 2 and "config key 'precision'" in r.stderr and "CUDA GPU" in r.stderr
+        assert not (tmp_path / "g" / "labels").exists()
 
 
 def test_stream_gives_what_serial_calls_give_in_order_with_bounded_look_ahead(trained):
@@ -192,19 +202,26 @@ def test_calibrate_writes_a_tensor_file_export_can_use(trained, tmp_path, cli):
 
 
 def test_benchmark_writes_a_table_json_and_chart(trained, tmp_path, cli):
+    import torch
+
     r = cli("benchmark", f"benchmark.models={{unpruned: {trained['ckpt']}}}", f"dataset.root={trained['root']}",
-            "benchmark.batch_sizes=[1,2]", "benchmark.repeats=2", f"hydra.run.dir={tmp_path / 'bench'}")
+            "benchmark.batch_sizes=[1,2]", "benchmark.gpu_batch_sizes=[2,4]", "benchmark.repeats=2",
+            f"hydra.run.dir={tmp_path / 'bench'}")
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
     rows = out["rows"]
+    # on a GPU PyTorch also runs fp16 there, and the GPU batch sizes are added (those not there already)
+    gpu = torch.cuda.is_available()
+    runtimes = [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")] + [("torch", "fp16")] * gpu
     assert {(x["runtime"], x["precision"], x["batch"]) for x in rows} == {
-        (rt, p, b) for rt, p in (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")) for b in (1, 2)}
+        (rt, p, b) for rt, p in runtimes for b in ((1, 2, 4) if gpu else (1, 2))}
+    assert out["device"] == (torch.cuda.get_device_name() if gpu else "cpu")
     for x in rows:
         # timings are only checked for being measured: comparing them belongs to the benchmark, not a test
         assert x["e2e_ms_p50"] > 0 and x["network_ms_p50"] > 0 and 0 <= x["mAP"] <= 1
         assert x["e2e_images_per_s"] > 0 and x["e2e_serial_images_per_s"] > 0
         assert x["e2e_over_network"] == pytest.approx(x["e2e_images_per_s"] / x["network_images_per_s"])
-    assert all(x["speedup_e2e"] == pytest.approx(1.0) for x in rows if x["runtime"] == "torch")
+    assert all(x["speedup_e2e"] == pytest.approx(1.0) for x in rows if (x["runtime"], x["precision"]) == ("torch", "fp32"))
     assert out["workers"] == 2
     md = (tmp_path / "bench" / "benchmark.md").read_text()
     assert md.count("\n") == 2 + len(rows) and "| unpruned | onnxruntime | int8 | 2 |" in md

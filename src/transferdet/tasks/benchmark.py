@@ -2,9 +2,11 @@
 
 Models are ``benchmark.models`` (name -> checkpoint, e.g. ``unpruned`` and ``pruned``). Each is measured
 as PyTorch fp32 and, exported on the fly, ONNX Runtime fp32 and int8 (calibrated on training images).
-Two timings per row, in the same run:
+On a CUDA GPU PyTorch runs there, channels_last as CUDA graphs, in fp32 and fp16, and the batch sizes
+``benchmark.gpu_batch_sizes`` are measured too. Two timings per row, in the same run:
 
-* network-only: a preprocessed batch in, raw outputs out, batch after batch;
+* network-only: a preprocessed batch on the runtime's device in, raw outputs on the host out, batch after
+  batch;
 * end-to-end: PNG bytes in, detections out (decode, preprocess, network, clustering). The latency
   (ms/img p50, p90) is one batch at a time; the throughput (img/s, 30-FPS streams, e2e / network) is a
   stream of images through ``Predictor.stream`` with ``benchmark.workers`` batches in flight, the way
@@ -65,7 +67,8 @@ def measure(predictor: Predictor, images: list[bytes], batch: int, repeats: int,
     """Network-only and end-to-end latency of ``batch`` images at a time, and the end-to-end throughput of
     ``images`` streamed through ``streamer`` (default: ``predictor``) with ``workers`` batches in flight."""
     decoded = [_decode(b) for b in images[:batch]]
-    tensors = torch.stack([predictor.preprocess(im) for im in decoded])
+    # network-only starts from a preprocessed batch already on the runtime's device (as the anchors do)
+    tensors = torch.stack([predictor.preprocess(im) for im in decoded]).to(predictor.device)
     network = _timings(lambda: predictor.outputs(tensors), repeats) / batch
     e2e = _timings(lambda: predictor([_decode(b) for b in images[:batch]]), repeats) / batch
 
@@ -94,6 +97,8 @@ def _variants(cfg: DictConfig, name: str, checkpoint: str, work: Path, precision
 
     module = load_module(checkpoint, user_overrides())
     rows = [(name, "torch", "fp32", Path(checkpoint))]
+    if torch.cuda.is_available():  # on a GPU PyTorch also runs fp16 (channels_last, CUDA graphs)
+        rows.append((name, "torch", "fp16", Path(checkpoint)))
     if {"fp32", "int8"} & set(precisions):
         config = OmegaConf.to_container(OmegaConf.create(module.hparams["config"]), resolve=True)
         fp32 = export_onnx(module.model, work / f"{name}_fp32.onnx", module.height, module.width)
@@ -159,31 +164,40 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     torch.set_num_threads(int(b.threads) if b.threads else torch.get_num_threads())
     workers = positive_int("benchmark.workers", b.get("workers", 2),
                            "an integer >= 1 (batches in flight in the streamed run)")
-    images = _encoded_images(cfg, max(16, 2 * workers * max(b.batch_sizes)))
+    batch_sizes = [positive_int(f"benchmark.batch_sizes[{i}]", v, "an integer >= 1")
+                   for i, v in enumerate(b.batch_sizes)]
+    if torch.cuda.is_available():  # larger batches where a GPU has the room for them
+        batch_sizes += [positive_int(f"benchmark.gpu_batch_sizes[{i}]", v, "an integer >= 1")
+                        for i, v in enumerate(b.get("gpu_batch_sizes") or []) if v not in batch_sizes]
+    images = _encoded_images(cfg, max(16, 2 * workers * max(batch_sizes)))
     variants = [v for name, path in models.items()
                 for v in _variants(cfg, name, str(path), run_dir, list(b.precisions))]
     rows: list[dict] = []
     for model, runtime, precision, path in variants:
         # the checkpoint's settings with the command line's on top (e.g. another input size, as in infer)
-        predictor = Predictor.load(str(path), runtime, user_overrides())
+        predictor = Predictor.load(str(path), runtime, user_overrides(), precision=precision if runtime == "torch"
+                                   else "fp32")
         # the streamed run shares the cores out between its workers (ONNX Runtime threads are per session)
         streamer = Predictor.load(str(path), runtime, user_overrides(), threads=threads_per_worker(workers)) \
             if runtime == "onnxruntime" and workers > 1 else predictor
-        gts, dets, _, evaluator = evaluate_model(cfg, str(path), runtime) if b.map else ([], [], None, None)
+        gts, dets, _, evaluator = evaluate_model(cfg, str(path), runtime, predictor.precision) if b.map \
+            else ([], [], None, None)
         m_ap = evaluator.evaluate(gts, dets).mean_ap() if b.map else float("nan")
-        for batch in b.batch_sizes:
+        for batch in batch_sizes:
             r = measure(predictor, images, int(batch), int(b.repeats), streamer, workers)
             r.update(model=model, runtime=runtime, precision=precision, batch=int(batch), mAP=m_ap,
                      size_mb=Path(path).stat().st_size / 1e6)
             rows.append(r)
             log.info("%s %s %s batch %d: %.2f ms/img end to end (%.1f img/s streamed), %.2f network", model, runtime,
                      precision, batch, r["e2e_ms_p50"], r["e2e_images_per_s"], r["network_ms_p50"])
-    base = {r["batch"]: r for r in rows if r["model"] == variants[0][0] and r["runtime"] == "torch"}
+    base = {r["batch"]: r for r in rows if r["model"] == variants[0][0] and r["runtime"] == "torch"
+            and r["precision"] == "fp32"}
     for r in rows:
         r["speedup_e2e"] = base[r["batch"]]["e2e_ms_p50"] / r["e2e_ms_p50"]
         r["e2e_over_network"] = r["e2e_images_per_s"] / r["network_images_per_s"]
         r["streams_30fps"] = r["e2e_images_per_s"] / 30.0
-    write_json_atomic(run_dir / "benchmark.json", {"device": "cuda" if torch.cuda.is_available() else "cpu",
+    write_json_atomic(run_dir / "benchmark.json", {"device": torch.cuda.get_device_name() if torch.cuda.is_available()
+                                                   else "cpu",
                                                    "threads": torch.get_num_threads(), "workers": workers,
                                                    "rows": rows})
     write_text_atomic(run_dir / "benchmark.md", markdown(rows))

@@ -86,16 +86,17 @@ def evaluate_files(predictions: Path, labels: Path, mapping: dict[str, str], cla
     return gts, dets, warnings
 
 
-def evaluate_model(cfg: DictConfig, path: str, runtime: str) -> tuple[list[GroundTruth], list[Detections], list[str],
-                                                                     Evaluator]:
-    """Ground truth and detections of a checkpoint or exported model on the validation split."""
+def evaluate_model(cfg: DictConfig, path: str, runtime: str, precision: str = "fp32"
+                   ) -> tuple[list[GroundTruth], list[Detections], list[str], Evaluator]:
+    """Ground truth and detections of a checkpoint or exported model on the validation split (``precision``:
+    the torch runtime's, see :meth:`Predictor.load`)."""
     from tqdm import tqdm
 
     from transferdet.inference.predictor import Predictor
     from transferdet.tasks.train import ensure_converted
     from transferdet.training.datamodule import DetectionDataModule
 
-    predictor = Predictor.load(path, runtime, user_overrides())
+    predictor = Predictor.load(path, runtime, user_overrides(), precision=precision)
     module = predictor.module
     data_classes = target_classes(typed(cfg, "dataset"))
     if data_classes != module.classes:
@@ -116,7 +117,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if checkpoint and (predictions or labels):
         raise ConfigError("checkpoint", checkpoint, "either checkpoint=PATH or predictions=DIR labels=DIR, not both")
     if checkpoint:
-        gts, dets, classes, evaluator = evaluate_model(cfg, checkpoint, str(cfg.get("runtime", "torch")))
+        gts, dets, classes, evaluator = evaluate_model(cfg, checkpoint, str(cfg.get("runtime", "torch")),
+                                                       str(cfg.get("precision", "fp32")))
         source = str(checkpoint)
     elif predictions and labels:
         d = typed(cfg, "dataset")

@@ -119,7 +119,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     batch_size = positive_int("batch_size", cfg.get("batch_size", 8))
     workers = positive_int("workers", cfg.get("workers", 2))
     predictor = Predictor.load(checkpoint, str(cfg.get("runtime", "torch")), user_overrides(),
-                               threads=threads_per_worker(workers))
+                               threads=threads_per_worker(workers), precision=str(cfg.get("precision", "fp32")))
     threshold = float(cfg.get("draw_threshold", 0.0))
     path = Path(source)
     if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
