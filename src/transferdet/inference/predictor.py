@@ -142,14 +142,19 @@ class CudaGraphs:
         x = torch.zeros(shape, dtype=self.dtype, device=device).contiguous(memory_format=torch.channels_last)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # warm-up outside the capture (cuDNN picks its algorithms here)
-            for _ in range(3):
-                self.model(x)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # each graph its own memory pool (shapes are replayed in any order); other threads may run CPU work
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            out = self.model(x)
+        # cuDNN's settings for these convolutions only (a graph keeps the algorithms of its capture): the
+        # fastest algorithms, and fp32 that is fp32 (no TF32), so the exported models' parity is checked
+        # against the real thing; training in the same process keeps its own settings
+        with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False,
+                                        allow_tf32=self.dtype != torch.float32):
+            with torch.cuda.stream(side):  # warm-up outside the capture (cuDNN picks its algorithms here)
+                for _ in range(3):
+                    self.model(x)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # each graph its own memory pool (shapes are replayed in any order); other threads may run CPU work
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                out = self.model(x)
         return x, graph, out
 
     @torch.no_grad()
@@ -173,11 +178,7 @@ class Predictor:
         self.precision = precision
         self.graphs: CudaGraphs | None = None
         if self.device.type == "cuda" and session is None:
-            # on a GPU: channels_last (what cuDNN's fast convolutions read), fp16 if asked, CUDA graphs. fp32 is
-            # fp32: no TF32 convolutions, so the exported models' parity is checked against the real thing
-            torch.backends.cudnn.benchmark = True
-            if precision == "fp32":
-                torch.backends.cudnn.allow_tf32 = False
+            # on a GPU: channels_last (what cuDNN's fast convolutions read), fp16 if asked, CUDA graphs
             model = self.module.model.to(memory_format=torch.channels_last)
             self.graphs = CudaGraphs(model.half() if precision == "fp16" else model,
                                      torch.float16 if precision == "fp16" else torch.float32)
