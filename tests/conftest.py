@@ -39,6 +39,15 @@ def synth_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """40 synthetic 128x64 images (32 train: 8 steps of 4 an epoch; 8 val) for short training runs; shared
+    by the tests of a session, which only read it (training converts it once, on first use)."""
+    root = tmp_path_factory.mktemp("tiny") / "ds"
+    generate(small_synth_config(40, seed=3, image_width=128, image_height=64), root, progress=False)
+    return root
+
+
 @dataclass
 class CliResult:
     returncode: int

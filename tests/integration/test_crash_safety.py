@@ -15,21 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose_task, small_synth_config
-from transferdet.data.synth import generate
+from tests.conftest import compose_task
 from transferdet.errors import DataError
 from transferdet.models.checkpoint import load_tensor_file
 
 TINY = ["model=resnet10", "training.num_workers=0", "training.batch_size_per_gpu=4", "callbacks.progress_bar=null",
         "augmentation.preprocessing.output_image_width=128", "augmentation.preprocessing.output_image_height=64"]
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    """40 synthetic 128x64 images: 32 train (8 steps of 4 per epoch), 8 val."""
-    root = tmp_path_factory.mktemp("crash") / "ds"
-    generate(small_synth_config(40, seed=3, image_width=128, image_height=64), root, progress=False)
-    return root
 
 
 def _complete(ckpts: Path) -> list[Path]:
@@ -54,10 +45,10 @@ def _seen_for(state: dict, text: str, seconds: float) -> bool:
     return time.monotonic() - state["seen"] >= seconds
 
 
-def test_sigkill_at_five_points_resumes_from_the_last_complete_checkpoint(root, tmp_path):
+def test_sigkill_at_five_points_resumes_from_the_last_complete_checkpoint(tiny_root, tmp_path):
     run = tmp_path / "run"
     ckpts = run / "checkpoints"
-    args = [sys.executable, "-m", "transferdet", "train", f"dataset.root={root}", *TINY, "training.num_epochs=5",
+    args = [sys.executable, "-m", "transferdet", "train", f"dataset.root={tiny_root}", *TINY, "training.num_epochs=5",
             "training.checkpoint_interval=1", "training.resume=auto", f"hydra.run.dir={run}"]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONUNBUFFERED": "1"}
     state: dict = {}
@@ -151,7 +142,7 @@ class _RunsCode:
     ("calibrate", "checkpoint"), ("benchmark", "benchmark.models"), ("train", "model.pretrained_model_file"),
     ("train", "model.pruned_checkpoint"), ("train", "training.resume"),
 ])
-def test_a_checkpoint_whose_pickle_runs_code_is_refused_by_every_loading_task(root, tmp_path, task, key):
+def test_a_checkpoint_whose_pickle_runs_code_is_refused_by_every_loading_task(tiny_root, tmp_path, task, key):
     import torch
 
     from transferdet.cli import run_task
@@ -160,9 +151,9 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_by_every_loading_task(ro
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"model.x": torch.zeros(1)}, "hyper_parameters": {"config": _RunsCode(marker)}}, evil)
     value = f"{{m: {evil}}}" if key == "benchmark.models" else str(evil)
-    overrides = [f"{key}={value}", f"dataset.root={root}", *TINY]
+    overrides = [f"{key}={value}", f"dataset.root={tiny_root}", *TINY]
     if task == "infer":
-        overrides.append(f"input={root / 'image_2'}")
+        overrides.append(f"input={tiny_root / 'image_2'}")
     keys = set(compose_task(task))  # the task's own groups and keys: drop the overrides of others
     cfg = compose_task(task, [o for o in overrides if o.split("=")[0].split(".")[0] in keys])
     with pytest.raises(DataError, match="refused: the file needs arbitrary code to load"):
@@ -170,10 +161,10 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_by_every_loading_task(ro
     assert not marker.exists()
 
 
-def test_wandb_api_key_never_lands_in_what_a_run_writes(cli, root, tmp_path):
+def test_wandb_api_key_never_lands_in_what_a_run_writes(cli, tiny_root, tmp_path):
     secret = "a1b2c3d4e5f6a7b8c9d0a1b2c3d4e5f6a7b8c9d0"  # the shape of a W&B API key
     run = tmp_path / "run"
-    r = cli("train", f"dataset.root={root}", *TINY, "training.num_epochs=1", "logger=wandb",
+    r = cli("train", f"dataset.root={tiny_root}", *TINY, "training.num_epochs=1", "logger=wandb",
             "logger.wandb.offline=true", f"hydra.run.dir={run}",
             env={"WANDB_API_KEY": secret, "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     assert r.returncode == 0, r.stderr[-2000:]

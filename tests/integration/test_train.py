@@ -21,14 +21,6 @@ TINY = ["model=resnet10", "training.num_workers=0", "training.batch_size_per_gpu
         "callbacks.progress_bar=null"]
 
 
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> Path:
-    """40 synthetic 128x64 images: 32 train, 8 val."""
-    root = tmp_path_factory.mktemp("tiny") / "ds"
-    generate(small_synth_config(40, seed=3, image_width=128, image_height=64), root, progress=False)
-    return root
-
-
 def test_ddp_two_cpu_processes_see_disjoint_data_and_checkpoint_once(cli, tiny_root, tmp_path):
     run = tmp_path / "run"
     r = cli("train", f"dataset.root={tiny_root}", *TINY, "trainer=ddp_cpu", "training.num_epochs=2",
