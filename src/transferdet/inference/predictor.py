@@ -132,8 +132,9 @@ class CudaGraphs:
     outputs come back as float32 numpy arrays. Batches from several threads take turns (one lock): a graph's
     buffers are shared."""
 
-    def __init__(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
-        self.model, self.dtype = model, dtype
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.dtype = next(model.parameters()).dtype
         self.graphs: dict[tuple[int, ...], tuple[torch.Tensor, torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]]] = {}
         self.lock = threading.Lock()
 
@@ -179,9 +180,8 @@ class Predictor:
         self.graphs: CudaGraphs | None = None
         if self.device.type == "cuda" and session is None:
             # on a GPU: channels_last (what cuDNN's fast convolutions read), fp16 if asked, CUDA graphs
-            model = self.module.model.to(memory_format=torch.channels_last)
-            self.graphs = CudaGraphs(model.half() if precision == "fp16" else model,
-                                     torch.float16 if precision == "fp16" else torch.float32)
+            dtype = torch.float16 if precision == "fp16" else torch.float32
+            self.graphs = CudaGraphs(self.module.model.to(dtype=dtype, memory_format=torch.channels_last))
         elif precision != "fp32":
             raise ConfigError("precision", precision, "fp32 here: fp16 runs the torch runtime on a CUDA GPU (for "
                                                       "ONNX Runtime, export an fp16 model: export.data_type=fp16)")

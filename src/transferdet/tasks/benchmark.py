@@ -152,7 +152,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    from transferdet.tasks.evaluate import evaluate_model, user_overrides
+    from transferdet.tasks.evaluate import evaluate_predictor, user_overrides
 
     b = cfg.benchmark
     models = dict(b.models or {})
@@ -180,8 +180,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         # the streamed run shares the cores out between its workers (ONNX Runtime threads are per session)
         streamer = Predictor.load(str(path), runtime, user_overrides(), threads=threads_per_worker(workers)) \
             if runtime == "onnxruntime" and workers > 1 else predictor
-        gts, dets, _, evaluator = evaluate_model(cfg, str(path), runtime, predictor.precision) if b.map \
-            else ([], [], None, None)
+        gts, dets, _, evaluator = evaluate_predictor(cfg, predictor) if b.map else ([], [], None, None)
         m_ap = evaluator.evaluate(gts, dets).mean_ap() if b.map else float("nan")
         for batch in batch_sizes:
             r = measure(predictor, images, int(batch), int(b.repeats), streamer, workers)

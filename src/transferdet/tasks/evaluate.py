@@ -90,13 +90,19 @@ def evaluate_model(cfg: DictConfig, path: str, runtime: str, precision: str = "f
                    ) -> tuple[list[GroundTruth], list[Detections], list[str], Evaluator]:
     """Ground truth and detections of a checkpoint or exported model on the validation split (``precision``:
     the torch runtime's, see :meth:`Predictor.load`)."""
+    from transferdet.inference.predictor import Predictor
+
+    return evaluate_predictor(cfg, Predictor.load(path, runtime, user_overrides(), precision=precision))
+
+
+def evaluate_predictor(cfg: DictConfig, predictor) -> tuple[list[GroundTruth], list[Detections], list[str],
+                                                            Evaluator]:
+    """Ground truth and detections of a loaded :class:`Predictor` on the validation split."""
     from tqdm import tqdm
 
-    from transferdet.inference.predictor import Predictor
     from transferdet.tasks.train import ensure_converted
     from transferdet.training.datamodule import DetectionDataModule
 
-    predictor = Predictor.load(path, runtime, user_overrides(), precision=precision)
     module = predictor.module
     data_classes = target_classes(typed(cfg, "dataset"))
     if data_classes != module.classes:
