@@ -89,6 +89,24 @@ def test_coverage_loss_weights_foreground_and_background():
     assert perfect[0, 0] < 0.01 < wrong[0, 0] and perfect[0, 1] == 0  # exact boxes: zero bbox loss
 
 
+def test_distillation_cost_is_least_at_the_teacher_and_weighs_boxes_by_its_coverage():
+    torch.manual_seed(0)
+    teacher_cov, teacher_bbox = torch.rand(2, 3, 4, 8) * 0.98 + 0.01, torch.randn(2, 12, 4, 8)
+    cost = _cost()
+    cov = teacher_cov.clone().requires_grad_(True)
+    bbox = teacher_bbox.clone().requires_grad_(True)
+    at_teacher = cost.distillation(cov, bbox, teacher_cov, teacher_bbox)
+    at_teacher.backward()
+    # cross-entropy against soft targets is least where the student equals the teacher: zero gradient there
+    assert cov.grad.abs().max() < 1e-3 and bbox.grad.abs().max() == 0
+    assert cost.distillation((teacher_cov + 0.3).clamp(0, 1), teacher_bbox, teacher_cov, teacher_bbox) > at_teacher
+    # a box error costs nothing where the teacher sees no object, and costs where it does
+    off = teacher_bbox + 1.0
+    assert cost.distillation(teacher_cov, off, torch.zeros_like(teacher_cov), teacher_bbox) == \
+        cost.distillation(teacher_cov, teacher_bbox, torch.zeros_like(teacher_cov), teacher_bbox)
+    assert cost.distillation(teacher_cov, off, teacher_cov, teacher_bbox) > at_teacher
+
+
 def test_autoweighting_follows_the_formula():
     cost = _cost()
     assert torch.allclose(cost.objective_weight, torch.tensor([[1 / 11, 10 / 11]] * 3))

@@ -215,6 +215,15 @@ class TrainingPrecisionConfig:
 
 
 @dataclass
+class DistillationConfig:
+    """Beyond TLT: while (re)training, also match a teacher checkpoint's outputs, e.g. the unpruned model's
+    while retraining its pruned copy."""
+
+    teacher: Optional[str] = None  # a transferdet checkpoint with the same classes; None = no distillation
+    weight: float = 1.0  # of the distillation cost, added to the DetectNet cost
+
+
+@dataclass
 class TrainingConfig:
     """TLT ``training_config``, plus ``training_precision`` (a ``model_config`` key in TLT) and resume."""
 
@@ -228,6 +237,7 @@ class TrainingConfig:
     cost_scaling: CostScalingConfig = field(default_factory=CostScalingConfig)
     training_precision: TrainingPrecisionConfig = field(default_factory=TrainingPrecisionConfig)
     num_workers: int = 2
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
     resume: Optional[str] = None  # "auto" = the run directory's last checkpoint, or a checkpoint path
 
 

@@ -130,6 +130,7 @@ def validate_training(t: S.TrainingConfig) -> None:
     _require(adam.epsilon > 0, "training.optimizer.adam.epsilon", adam.epsilon, "a number > 0")
     _in_range("training.optimizer.adam.beta1", adam.beta1, 0, 1, hi_open=True)
     _in_range("training.optimizer.adam.beta2", adam.beta2, 0, 1, hi_open=True)
+    _require(t.distillation.weight >= 0, "training.distillation.weight", t.distillation.weight, "a number >= 0")
 
 
 def validate_evaluation(e: S.EvaluationConfig) -> None:

@@ -59,6 +59,20 @@ class DetectNetCost(nn.Module):
         total = (self.class_weight[:, None] * self.objective_weight * costs).sum()
         return total, costs
 
+    def distillation(self, cov: torch.Tensor, bbox: torch.Tensor, teacher_cov: torch.Tensor,
+                     teacher_bbox: torch.Tensor) -> torch.Tensor:
+        """Cost of the outputs against a teacher's: coverage by cross-entropy against the teacher's coverage,
+        boxes by L1 weighted by the teacher's coverage (where it sees an object), mean over cells; the classes
+        and objectives weighted as in the DetectNet cost."""
+        b, c, h, w = cov.shape
+        p, t = cov.float().clamp(0.0, 1.0), teacher_cov.float().clamp(0.0, 1.0)
+        bce = -(t * torch.log(p + BCE_EPSILON) + (1 - t) * torch.log(1 - p + BCE_EPSILON))
+        cov_cost = bce.mean(dim=(0, 2, 3))  # [C]
+        diff = (bbox.float() - teacher_bbox.float()).abs().view(b, c, 4, h, w)
+        bbox_cost = (diff * t[:, :, None]).mean(dim=(0, 2, 3, 4))  # [C]
+        costs = torch.stack([cov_cost, bbox_cost], dim=1)
+        return (self.class_weight[:, None] * self.objective_weight * costs).sum()
+
     @torch.no_grad()
     def end_epoch(self) -> None:
         """Autoweighting: w <- clamp((target / mean_cost) / sum(target / mean_cost), min, max) per class."""

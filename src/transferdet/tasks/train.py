@@ -173,6 +173,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     ckpt = resume_path(cfg, run_dir)
     module = build_module(cfg, classes, resume_from=ckpt)
     module.validation_images_dir = run_dir / "val_images"
+    module.attach_teacher()
     debug_samples = typed(cfg, "augmentation").debug_samples
     if debug_samples and is_global_zero():
         write_augmented_samples(dm, classes, debug_samples, run_dir / "augmented_samples")

@@ -79,6 +79,36 @@ class DetectNetModule(pl.LightningModule):
         self.apply_freezing()
         self.last_validation: dict[str, float] = {}
         self.validation_images_dir: Path | None = None
+        # training.distillation's teacher: set by attach_teacher; a plain attribute, not a submodule, so it is
+        # neither trained nor saved in checkpoints
+        self.__dict__["teacher"] = None
+
+    # ------------------------------------------------------------------ distillation
+    def attach_teacher(self) -> None:
+        """Load ``training.distillation.teacher`` (frozen, in eval mode) when distillation is configured."""
+        d = self.train_cfg.distillation
+        if not d.teacher or d.weight == 0:
+            return
+        from transferdet.errors import ConfigError
+        from transferdet.inference.predictor import load_module
+
+        key = "training.distillation.teacher"
+        if not Path(d.teacher).is_file():
+            raise ConfigError(key, d.teacher, "an existing transferdet checkpoint (.ckpt), e.g. the unpruned model's")
+        if Path(d.teacher).suffix.lower() == ".onnx":
+            raise ConfigError(key, d.teacher, "a transferdet checkpoint (.ckpt): an ONNX model cannot teach")
+        teacher = load_module(d.teacher)
+        if teacher.classes != self.classes:
+            raise ConfigError(key, d.teacher, f"a checkpoint of the same classes in the same order "
+                                              f"({', '.join(self.classes)}); it has {', '.join(teacher.classes)}")
+        model = teacher.model.eval()
+        model.requires_grad_(False)
+        self.__dict__["teacher"] = model
+        log.info("distilling from %s (weight %g)", d.teacher, d.weight)
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
 
     # ------------------------------------------------------------------ freezing
     def apply_freezing(self) -> None:
@@ -107,12 +137,18 @@ class DetectNetModule(pl.LightningModule):
         total, costs = self.cost(cov, bbox, targets)
         reg = regularization(self.model, self.train_cfg.regularizer)
         loss = total + reg
+        bs = len(batch.images)
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_cov, teacher_bbox = self.teacher(batch.images)
+            distill = self.cost.distillation(cov, bbox, teacher_cov, teacher_bbox)
+            loss = loss + self.train_cfg.distillation.weight * distill
+            self.log("train/distillation", distill, batch_size=bs)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"the loss became {loss.item()} at epoch {self.current_epoch + 1}, step {self.global_step}; "
                 "lower training.learning_rate.soft_start_annealing_schedule.max_learning_rate or use "
                 "training.training_precision.backend_floatx=FLOAT32. The last complete checkpoint is kept.")
-        bs = len(batch.images)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/regularization", float(reg.detach()) if torch.is_tensor(reg) else reg, batch_size=bs)
         for k, cls in enumerate(self.classes):
