@@ -167,6 +167,18 @@ def test_retrain_epochs_follow_the_factor_unless_set():
             stage_config(cfg, retrain, dirs)
 
 
+def test_distill_makes_the_unpruned_model_the_retraining_teacher():
+    from transferdet.errors import ConfigError
+
+    retrain = next(s for s in STAGES if s.name == "retrain")
+    dirs = stage_dirs(Path("/run"))
+    assert stage_config(compose_task("pipeline"), retrain, dirs).training.distillation.teacher is None
+    taught = stage_config(compose_task("pipeline", ["pipeline.distill=true"]), retrain, dirs)
+    assert taught.training.distillation.teacher == "/run/03_train/checkpoints/last.ckpt"
+    with pytest.raises(ConfigError, match=r"pipeline\.distill"):
+        stage_config(compose_task("pipeline", ["pipeline.distill=maybe"]), retrain, dirs)
+
+
 def test_retrain_overrides_with_an_unknown_key_name_the_key():
     from transferdet.errors import ConfigError
 

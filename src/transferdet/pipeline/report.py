@@ -191,7 +191,8 @@ def write_report(cfg: DictConfig, run_dir: Path, dirs: dict[str, Path], records:
     lines = ["# transferdet pipeline report", "",
              f"Model `{cfg.model.arch}{cfg.model.num_layers}`, input {cfg.augmentation.preprocessing.output_image_width}"
              f"x{cfg.augmentation.preprocessing.output_image_height}, classes {', '.join(classes)}; "
-             f"{cfg.training.num_epochs} training epochs, {retrain_epochs(cfg)} retraining epochs. Every stage's "
+             f"{cfg.training.num_epochs} training epochs, {retrain_epochs(cfg)} retraining epochs"
+             f"{' distilled from the unpruned model' if cfg.pipeline.get('distill') else ''}. Every stage's "
              "outputs are in its numbered folder.", "",
              "## Headline", "",
              "| | value |", "|---|---:|",

@@ -109,6 +109,22 @@ def retrain_epochs(cfg: DictConfig) -> int:
     return max(1, round(factor * cfg.training.num_epochs))
 
 
+def _distill(cfg: DictConfig) -> bool:
+    value = cfg.pipeline.get("distill", False)
+    if not isinstance(value, bool):
+        raise ConfigError("pipeline.distill", value, "true (retrain towards the unpruned model's outputs as well as "
+                                                     "the labels) or false")
+    return value
+
+
+def _retrain_settings(cfg: DictConfig, d: Dirs) -> dict:
+    settings = {"model.pruned_checkpoint": str(d["prune"] / "pruned.ckpt"), "training.resume": "auto",
+                "training.num_epochs": retrain_epochs(cfg)}
+    if _distill(cfg):
+        settings["training.distillation.teacher"] = _last(d["train"])
+    return settings
+
+
 STAGES: list[Stage] = [
     Stage("synth", "synth", "synthesise the default dataset (when absent)", skip=_skip_synth),
     Stage("convert", "convert", "validate and convert the dataset"),
@@ -117,10 +133,7 @@ STAGES: list[Stage] = [
           lambda cfg, d: {"checkpoint": _last(d["train"]), "runtime": "torch"}),
     Stage("prune", "prune", "prune the trained model (val mAP before and after)",
           lambda cfg, d: {"checkpoint": _last(d["train"]), "sweep": False, "evaluate": True}),
-    Stage("retrain", "train", "retrain the pruned model",
-          lambda cfg, d: {"model.pruned_checkpoint": str(d["prune"] / "pruned.ckpt"), "training.resume": "auto",
-                          "training.num_epochs": retrain_epochs(cfg)},
-          merge_key="retrain"),
+    Stage("retrain", "train", "retrain the pruned model", _retrain_settings, merge_key="retrain"),
     Stage("evaluate_pruned", "evaluate", "evaluate the pruned, retrained model",
           lambda cfg, d: {"checkpoint": _last(d["retrain"]), "runtime": "torch"}),
     Stage("calibrate", "calibrate", "write the INT8 calibration tensors",
