@@ -25,6 +25,11 @@ OBJECTIVES = ("cov", "bbox")
 BCE_EPSILON = 1e-5  # inside both logarithms, as TLT
 
 
+def _cross_entropy(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of probabilities ``p`` against (soft) targets, per element, epsilon as TLT."""
+    return -(target * torch.log(p + BCE_EPSILON) + (1 - target) * torch.log(1 - p + BCE_EPSILON))
+
+
 class DetectNetCost(nn.Module):
     def __init__(self, classes: Sequence[str], cfg: CostConfig) -> None:
         super().__init__()
@@ -49,15 +54,17 @@ class DetectNetCost(nn.Module):
         fg = t.cov > 0.5
         wfg = self.foreground_weight.view(1, c, 1, 1)
         cell_weight = torch.where(fg, wfg, 1.0 - wfg)
-        bce = -(t.cov * torch.log(p + BCE_EPSILON) + (1 - t.cov) * torch.log(1 - p + BCE_EPSILON))
-        cov_cost = (cell_weight * bce * t.mask).mean(dim=(0, 2, 3))  # [C]
+        cov_cost = (cell_weight * _cross_entropy(p, t.cov) * t.mask).mean(dim=(0, 2, 3))  # [C]
         diff = (bbox.float() - t.bbox).abs().view(b, c, 4, h, w)
         bbox_cost = (diff * (t.bbox_weight * t.mask)[:, :, None]).mean(dim=(0, 2, 3, 4))  # [C]
         costs = torch.stack([cov_cost, bbox_cost], dim=1)  # [C, 2]
         if self.training:
             self.epoch_cost_sum += costs.detach()
-        total = (self.class_weight[:, None] * self.objective_weight * costs).sum()
-        return total, costs
+        return self._weighted(costs), costs
+
+    def _weighted(self, costs: torch.Tensor) -> torch.Tensor:
+        """Per-class, per-objective costs ``[C, 2]`` -> the total, by class and objective weights."""
+        return (self.class_weight[:, None] * self.objective_weight * costs).sum()
 
     def distillation(self, cov: torch.Tensor, bbox: torch.Tensor, teacher_cov: torch.Tensor,
                      teacher_bbox: torch.Tensor) -> torch.Tensor:
@@ -66,12 +73,10 @@ class DetectNetCost(nn.Module):
         and objectives weighted as in the DetectNet cost."""
         b, c, h, w = cov.shape
         p, t = cov.float().clamp(0.0, 1.0), teacher_cov.float().clamp(0.0, 1.0)
-        bce = -(t * torch.log(p + BCE_EPSILON) + (1 - t) * torch.log(1 - p + BCE_EPSILON))
-        cov_cost = bce.mean(dim=(0, 2, 3))  # [C]
+        cov_cost = _cross_entropy(p, t).mean(dim=(0, 2, 3))  # [C]
         diff = (bbox.float() - teacher_bbox.float()).abs().view(b, c, 4, h, w)
         bbox_cost = (diff * t[:, :, None]).mean(dim=(0, 2, 3, 4))  # [C]
-        costs = torch.stack([cov_cost, bbox_cost], dim=1)
-        return (self.class_weight[:, None] * self.objective_weight * costs).sum()
+        return self._weighted(torch.stack([cov_cost, bbox_cost], dim=1))
 
     @torch.no_grad()
     def end_epoch(self) -> None:

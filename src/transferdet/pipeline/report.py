@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from transferdet.config import target_classes, typed
-from transferdet.pipeline.runner import retrain_epochs
+from transferdet.pipeline.runner import distill_enabled, retrain_epochs
 from transferdet.utils.io import atomic_path, write_text_atomic
 
 log = logging.getLogger("transferdet.pipeline")
@@ -192,7 +192,7 @@ def write_report(cfg: DictConfig, run_dir: Path, dirs: dict[str, Path], records:
              f"Model `{cfg.model.arch}{cfg.model.num_layers}`, input {cfg.augmentation.preprocessing.output_image_width}"
              f"x{cfg.augmentation.preprocessing.output_image_height}, classes {', '.join(classes)}; "
              f"{cfg.training.num_epochs} training epochs, {retrain_epochs(cfg)} retraining epochs"
-             f"{' distilled from the unpruned model' if cfg.pipeline.get('distill') else ''}. Every stage's "
+             f"{' distilled from the unpruned model' if distill_enabled(cfg) else ''}. Every stage's "
              "outputs are in its numbered folder.", "",
              "## Headline", "",
              "| | value |", "|---|---:|",

@@ -109,7 +109,7 @@ def retrain_epochs(cfg: DictConfig) -> int:
     return max(1, round(factor * cfg.training.num_epochs))
 
 
-def _distill(cfg: DictConfig) -> bool:
+def distill_enabled(cfg: DictConfig) -> bool:
     value = cfg.pipeline.get("distill", False)
     if not isinstance(value, bool):
         raise ConfigError("pipeline.distill", value, "true (retrain towards the unpruned model's outputs as well as "
@@ -120,7 +120,7 @@ def _distill(cfg: DictConfig) -> bool:
 def _retrain_settings(cfg: DictConfig, d: Dirs) -> dict:
     settings = {"model.pruned_checkpoint": str(d["prune"] / "pruned.ckpt"), "training.resume": "auto",
                 "training.num_epochs": retrain_epochs(cfg)}
-    if _distill(cfg):
+    if distill_enabled(cfg):
         settings["training.distillation.teacher"] = _last(d["train"])
     return settings
 

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from transferdet.config import schema as S
-from transferdet.errors import TransferdetError
+from transferdet.errors import ConfigError, TransferdetError
 from transferdet.evaluation import Evaluator
 from transferdet.losses.cost import OBJECTIVES, DetectNetCost, regularization
 from transferdet.losses.rasterizer import Rasterizer
@@ -89,7 +89,6 @@ class DetectNetModule(pl.LightningModule):
         d = self.train_cfg.distillation
         if not d.teacher or d.weight == 0:
             return
-        from transferdet.errors import ConfigError
         from transferdet.inference.predictor import load_module
 
         key = "training.distillation.teacher"
