@@ -108,37 +108,91 @@ def test_shape_mismatch_is_reported():
         postprocessor("dbscan")(np.zeros((1, 2, 8, 24)), np.zeros((1, 8, 8, 24)))
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_batched_dbscan_with_noise_left_out_labels_like_scikit_learn_per_group(seed):
-    """dbscan_labels (one call for all groups, certain noise left out) against scikit-learn's DBSCAN run on
-    each group alone, with the dense 1 - IoU matrix: the same clusters and the same noise."""
+def _sklearn_dbscan(g):
+    """scikit-learn's labels and core-point mask for one group (weights raised by 1e-9 relative: a coverage
+    sum that equals the minimum up to rounding reaches it, as in dbscan_labels)."""
     from sklearn.cluster import DBSCAN
 
     from transferdet.boxes import iou_matrix
-    from transferdet.postprocess.clustering import Group, dbscan_labels
 
-    rng = np.random.default_rng(seed)
+    model = DBSCAN(eps=g.cfg.dbscan_eps, min_samples=1, metric="precomputed").fit(
+        1.0 - iou_matrix(g.boxes, g.boxes), sample_weight=g.cov / g.cfg.dbscan_min_samples * (1 + 1e-9))
+    core = np.zeros(len(g.boxes), bool)
+    core[model.core_sample_indices_] = True
+    return model.labels_, core
+
+
+def _random_groups(rng, count=5, spread=6.0):
+    from transferdet.postprocess.clustering import Group
+
     groups = []
-    for g in range(5):
+    for _ in range(count):
         centres = rng.uniform(0, 300, (rng.integers(1, 5), 2))
         n = int(rng.integers(0, 120))
-        base = centres[rng.integers(len(centres), size=n)] + rng.normal(0, 6, (n, 2))
+        base = centres[rng.integers(len(centres), size=n)] + rng.normal(0, spread, (n, 2))
         size = rng.uniform(20, 60, (n, 2))
         boxes = np.concatenate([base, base + size], 1)
         cov = rng.choice([0.006, 0.02, 0.3, 0.8], n, p=[0.5, 0.2, 0.2, 0.1])  # many weak, noise-like candidates
         groups.append(Group(boxes, cov, ClusteringConfig(dbscan_eps=float(rng.choice([0.1, 0.2, 0.4])),
                                                          dbscan_min_samples=float(rng.choice([0.05, 0.5, 1.0])))))
+    return groups
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_batched_dbscan_labels_equal_scikit_learns_numbering_included(seed):
+    """dbscan_labels (one graph for all groups, SciPy's connected components) against scikit-learn's DBSCAN
+    run on each group alone with the dense 1 - IoU matrix: the same labels, numbering included (offset by
+    the clusters of the groups before), noise included."""
+    from transferdet.postprocess.clustering import dbscan_labels
+
+    rng = np.random.default_rng(seed)
+    groups = _random_groups(rng, spread=[4.0, 6.0, 12.0][seed % 3])
     got = dbscan_labels(groups)
-    noise = 0
+    noise = members = offset = 0
     for g, labels in zip(groups, got):
         if not len(g.boxes):
             assert len(labels) == 0
             continue
-        ref = DBSCAN(eps=g.cfg.dbscan_eps, min_samples=1, metric="precomputed").fit_predict(
-            1.0 - iou_matrix(g.boxes, g.boxes), sample_weight=g.cov / g.cfg.dbscan_min_samples)
-        np.testing.assert_array_equal(labels < 0, ref < 0)
-        # the same partition into clusters (scikit-learn numbers them in the same order, per call)
-        pairs = {(int(a), int(b)) for a, b in zip(labels, ref) if a >= 0}
-        assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
+        ref, _ = _sklearn_dbscan(g)
+        np.testing.assert_array_equal(np.where(labels >= 0, labels - offset, -1), ref)
+        offset += int(ref.max()) + 1 if (ref >= 0).any() else 0
         noise += int((ref < 0).sum())
-    assert noise > 0  # the cases do have noise to leave out
+        members += int((ref >= 0).sum())
+    assert noise > 0 and members > 0  # the cases have both (border points: the test below)
+
+
+def test_dbscan_coverage_sum_equal_to_the_minimum_reaches_it_in_any_order():
+    """0.1 + 0.2 + 0.3 is 0.6000000000000001 summed in one order and 0.6 in the other: a neighbourhood whose
+    coverages sum to dbscan_min_samples makes a core point either way, in any candidate order."""
+    from transferdet.postprocess.clustering import Group, dbscan_labels
+
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10.2], [0, 0, 10.2, 10], [50, 50, 60, 60]], np.float64)
+    cov = np.array([0.1, 0.2, 0.3, 0.6])
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2]):
+        g = Group(boxes[order], cov[order], ClusteringConfig(dbscan_eps=0.3, dbscan_min_samples=0.6))
+        labels, = dbscan_labels([g])
+        np.testing.assert_array_equal(labels, _sklearn_dbscan(g)[0])
+        lone = order.index(3)
+        overlapping = np.delete(labels, lone)
+        assert (overlapping == overlapping[0]).all() and overlapping[0] >= 0  # one cluster of the three boxes
+        assert labels[lone] >= 0 and labels[lone] != overlapping[0]  # and the lone box of exactly 0.6
+
+
+def test_dbscan_border_point_between_two_clusters_joins_the_first_numbered():
+    """A weak candidate within eps of a core point of two clusters (boxes 100 px wide, eps 0.2: IoU >= 0.8,
+    10 px apart at most) is not core itself; scikit-learn's search gives it to the cluster numbered first,
+    the one whose first core point comes first, whichever order the candidates come in."""
+    from transferdet.postprocess.clustering import Group, dbscan_labels
+
+    x = {"border": 10.0, "a0": 0.0, "a1": -3.0, "a2": -6.0, "b0": 20.0, "b1": 23.0, "b2": 26.0}
+    cov = {"border": 0.05, "a0": 0.45, "a1": 0.45, "a2": 0.45, "b0": 0.45, "b1": 0.45, "b2": 0.45}
+    for names in (["border", "b0", "b1", "b2", "a0", "a1", "a2"], ["a2", "border", "b1", "a0", "b0", "b2", "a1"]):
+        boxes = np.array([[x[k], 0, x[k] + 100, 50] for k in names])
+        g = Group(boxes, np.array([cov[k] for k in names]), ClusteringConfig(dbscan_eps=0.2, dbscan_min_samples=1.0))
+        labels, = dbscan_labels([g])
+        ref, core = _sklearn_dbscan(g)
+        np.testing.assert_array_equal(labels, ref)
+        at = {k: labels[i] for i, k in enumerate(names)}
+        assert not core[names.index("border")] and at["a0"] != at["b0"]
+        first = "b0" if names.index("b0") < names.index("a0") else "a0"
+        assert at["border"] == at[first] == 0

@@ -1,15 +1,12 @@
 """Clustering of candidate boxes (SPEC section 7).
 
 A *group* is the candidates of one class in one image: ``boxes [K, 4]`` with coverages ``cov [K]``.
-DBSCAN runs once for many groups: each group's distances 1 - IoU are divided by its class's eps, so
-one scikit-learn call with eps = 1 over a sparse block-diagonal neighbourhood graph clusters every
-group at once (candidates of different groups are never neighbours). scikit-learn's fixed cost per
-call is larger than the clustering of a few hundred candidates, so this is what keeps post-processing
-within its time budget.
-
-Candidates that are certainly noise are left out of that call: most candidates of a low coverage
-threshold are (two thirds of them for a pruned ResNet-18 at 1248x384), and scikit-learn's cost grows
-with every point it is given. Leaving them out changes no label (see ``dbscan_labels``).
+DBSCAN runs once for many groups: each group's distances 1 - IoU are divided by its class's eps, so one
+neighbourhood graph with eps = 1 (block-diagonal: candidates of different groups are never neighbours)
+clusters every group at once. The labels are scikit-learn's DBSCAN labels (``dbscan_labels``; the tests
+compare them with scikit-learn's), found as SciPy's connected components of the core points: a call of
+scikit-learn's DBSCAN costs about 1 ms of input checks and set-up, several times the clustering of the few
+hundred candidates of an image, and post-processing is on every image's path.
 """
 
 from __future__ import annotations
@@ -18,18 +15,13 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import sklearn
 import torch
 from scipy import sparse
-from sklearn.cluster import DBSCAN
+from scipy.sparse.csgraph import connected_components
 from torchvision.ops import nms as tv_nms
 
 from transferdet.boxes import iou_matrix
 from transferdet.config.schema import ClusteringConfig, ConfidenceModel
-
-# stored distances are shifted by this so that identical boxes (distance 0) stay explicit graph edges
-_EDGE = 1e-9
-
 
 @dataclass
 class Group:
@@ -39,52 +31,55 @@ class Group:
 
 
 def dbscan_labels(groups: Sequence[Group]) -> list[np.ndarray]:
-    """Cluster label per candidate of each group (-1 = noise), from one scikit-learn DBSCAN call.
+    """Cluster label per candidate of each group (-1 = noise): DBSCAN, for all groups at once.
 
     Distance is 1 - IoU, eps = ``dbscan_eps``; a candidate is a core point when the coverages in its
-    eps-neighbourhood sum to at least ``dbscan_min_samples``. scikit-learn takes an integer
-    ``min_samples``, so weights are divided by ``dbscan_min_samples`` and ``min_samples`` is 1:
-    sum(cov / m) >= 1 exactly when sum(cov) >= m.
+    eps-neighbourhood (itself included) sum to at least ``dbscan_min_samples`` (a sum equal to it up to
+    rounding counts, whatever the order of summation). The labels are those of scikit-learn's
+    ``DBSCAN(metric="precomputed")`` with the coverages as sample weights, numbering included (a test checks
+    it), found the way its search finds them: clusters are the connected components of the core points,
+    numbered in the order of their first core point, and a border point joins the lowest-numbered cluster
+    among its core neighbours (the first to reach it).
     """
     sizes = [len(g.boxes) for g in groups]
     total = sum(sizes)
-    if total == 0:
-        return [np.zeros(0, np.int64) for _ in groups]
-    rows, cols, data, weights = [], [], [], []
+    labels = np.full(total, -1, np.int64)
+    rows, cols, weights = [], [], []
     start = 0
     for g, n in zip(groups, sizes):
         if n:
-            scaled = (1.0 - iou_matrix(g.boxes, g.boxes)) / g.cfg.dbscan_eps
-            r, c = np.nonzero(scaled <= 1.0)
+            r, c = np.nonzero(1.0 - iou_matrix(g.boxes, g.boxes) <= g.cfg.dbscan_eps)
             rows.append(r + start)
             cols.append(c + start)
-            data.append(scaled[r, c] + _EDGE)
             weights.append(g.cov / g.cfg.dbscan_min_samples)
         start += n
-    rows_, cols_, data_ = np.concatenate(rows), np.concatenate(cols), np.concatenate(data)
-    w = np.concatenate(weights)
-    # Noise left out, exactly: a point is a core point when the weights of its neighbourhood (itself
-    # included) sum to >= 1. "maybe core" (>= 1 - 1e-9, whatever the order of summation) holds for every
-    # core point; a point that is not maybe core and has no maybe-core neighbour is noise. Every neighbour
-    # of a core point stays, so core points keep their sums, border points stay below 1, and the clusters
-    # (numbered in the same order: the kept points keep theirs) are the ones of the whole graph.
-    maybe_core = np.bincount(rows_, weights=w[cols_], minlength=total) >= 1.0 - 1e-9
-    keep = maybe_core.copy()
-    keep[rows_[maybe_core[cols_]]] = True
-    labels = np.full(total, -1, np.int64)
-    if keep.any():
-        kept_edge = keep[rows_] & keep[cols_]
-        new_index = np.cumsum(keep) - 1
-        r, c, d = new_index[rows_[kept_edge]], new_index[cols_[kept_edge]], data_[kept_edge]
-        n = int(keep.sum())
-        order = np.lexsort((d, r))  # each row's distances ascending: scikit-learn then skips its own sort
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=n))])
-        graph = sparse.csr_matrix((d[order], c[order], indptr), shape=(n, n))  # keeps that order
-        model = DBSCAN(eps=1.0 + 2 * _EDGE, min_samples=1, metric="precomputed")
-        # inputs are built here, finite and well-formed: skip scikit-learn's per-call validation
-        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-            labels[keep] = model.fit_predict(graph, sample_weight=w[keep])
+    if total:
+        r, c, w = np.concatenate(rows), np.concatenate(cols), np.concatenate(weights)  # r ascending
+        core = np.bincount(r, weights=w[c], minlength=total) >= 1.0 - 1e-9
+        if core.any():
+            _label_from_core(labels, r, c, core)
     return np.split(labels, np.cumsum(sizes)[:-1])
+
+
+def _label_from_core(labels: np.ndarray, r: np.ndarray, c: np.ndarray, core: np.ndarray) -> None:
+    """Fill ``labels`` from a symmetric neighbourhood graph (edges ``r -> c``, ``r`` ascending) and its core
+    points."""
+    n = len(labels)
+    both = core[r] & core[c]
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(r[both], minlength=n))])
+    graph = sparse.csr_matrix((np.ones(int(both.sum()), np.int8), c[both], indptr), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    core_index = np.flatnonzero(core)
+    _, first, inverse = np.unique(component[core_index], return_index=True, return_inverse=True)
+    rank = np.empty(len(first), np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    labels[core_index] = rank[inverse]
+    edge = ~core[r] & core[c]  # a border point and a core neighbour
+    if edge.any():
+        none = np.iinfo(np.int64).max
+        border = np.full(n, none)
+        np.minimum.at(border, r[edge], labels[c[edge]])
+        labels[border < none] = border[border < none]
 
 
 def merge_clusters(g: Group, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
