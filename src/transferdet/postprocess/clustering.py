@@ -79,7 +79,8 @@ def _label_from_core(labels: np.ndarray, r: np.ndarray, c: np.ndarray, core: np.
         none = np.iinfo(np.int64).max
         border = np.full(n, none)
         np.minimum.at(border, r[edge], labels[c[edge]])
-        labels[border < none] = border[border < none]
+        reached = border < none
+        labels[reached] = border[reached]
 
 
 def merge_clusters(g: Group, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from transferdet.config import typed
@@ -60,14 +61,12 @@ def to_fp16(fp32: Path, out: Path) -> Path:
     return out
 
 
-def output_parity(checkpoint: str, onnx_path: Path, images: np.ndarray) -> dict[str, float]:
+def output_parity(model: torch.nn.Module, onnx_path: Path, images: np.ndarray) -> dict[str, float]:
     """Largest absolute differences between the trained PyTorch model (as it is: no inference folding) and
     ONNX Runtime's outputs on the same images."""
-    import torch
-
     batch = torch.from_numpy(images)
     with torch.no_grad():
-        a = [t.numpy() for t in load_module(checkpoint).model(batch)]
+        a = [t.numpy() for t in model.eval()(batch)]
     b = Predictor.load(str(onnx_path), "onnxruntime").outputs(batch)
     return {"cov": float(np.abs(a[0] - b[0]).max()), "bbox": float(np.abs(a[1] - b[1]).max())}
 
@@ -127,7 +126,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 
     val = ConvertedDataset(ensure_converted(cfg)).split("val")
     sample = preprocessed([val[i].image_path for i in range(min(e.parity_images, len(val)))], module.aug)
-    diff = output_parity(checkpoint, fp32, sample)
+    diff = output_parity(module.model, fp32, sample)
     metrics = {"parity/max_abs_diff_cov": diff["cov"], "parity/max_abs_diff_bbox": diff["bbox"]}
     maps = {"torch": evaluate_model(cfg, checkpoint, "torch")}
     for precision, path in models.items():
