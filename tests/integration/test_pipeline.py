@@ -156,7 +156,8 @@ def test_retrain_epochs_follow_the_factor_unless_set():
     retrain = next(s for s in STAGES if s.name == "retrain")
     dirs = stage_dirs(Path("/run"))
     default = compose_task("pipeline")
-    assert stage_config(default, retrain, dirs).training.num_epochs == 2 * default.training.num_epochs == 14
+    assert default.training.num_epochs == 8 and default.pipeline.retrain_epochs_factor == 1.25
+    assert stage_config(default, retrain, dirs).training.num_epochs == 10
     cfg = compose_task("pipeline", ["training.num_epochs=40", "pipeline.retrain_epochs_factor=0.5"])
     assert stage_config(cfg, retrain, dirs).training.num_epochs == 20
     cfg = compose_task("pipeline", ["pipeline.retrain={training: {num_epochs: 3}}"])
