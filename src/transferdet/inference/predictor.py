@@ -209,6 +209,11 @@ class Predictor:
         return Detections(boxes, det.class_ids, det.scores)
 
     @classmethod
+    def for_module(cls, module: DetectNetModule, precision: str = "fp32") -> "Predictor":
+        """The torch runtime for an already loaded module: on the GPU when there is one, else the CPU."""
+        return cls(module, "cuda" if torch.cuda.is_available() else "cpu", precision=precision)
+
+    @classmethod
     def load(cls, path: str | Path, runtime: str = "torch", overrides: Sequence[str] = (),
              threads: int | None = None, precision: str = "fp32") -> "Predictor":
         """A predictor for a checkpoint (``torch``) or an exported ONNX model (``onnxruntime``).
@@ -222,8 +227,7 @@ class Predictor:
             raise ConfigError("precision", precision, f"fp32 with runtime={runtime}: an exported model runs in the "
                                                       f"precision it was exported in (export.data_type)")
         if runtime == "torch":
-            return cls(load_module(path, overrides), "cuda" if torch.cuda.is_available() else "cpu",
-                       precision=precision)
+            return cls.for_module(load_module(path, overrides), precision)
         if runtime == "onnxruntime":
             module, session = load_onnx(path, overrides, threads)
             return cls(module, "cpu", session)

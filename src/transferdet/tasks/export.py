@@ -32,7 +32,7 @@ from transferdet.export.tensorrt_cache import write_cache
 from transferdet.export.tensorrt_engine import build_engine
 from transferdet.inference.predictor import ONNX_CLASSES_KEY, ONNX_CONFIG_KEY, Predictor, load_module
 from transferdet.tasks.calibrate import calibration_images, load_calibration_file, preprocessed
-from transferdet.tasks.evaluate import evaluate_model, user_overrides
+from transferdet.tasks.evaluate import evaluate_model, evaluate_predictor, user_overrides
 from transferdet.utils.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     sample = preprocessed([val[i].image_path for i in range(min(e.parity_images, len(val)))], module.aug)
     diff = output_parity(module.model, fp32, sample)
     metrics = {"parity/max_abs_diff_cov": diff["cov"], "parity/max_abs_diff_bbox": diff["bbox"]}
-    maps = {"torch": evaluate_model(cfg, checkpoint, "torch")}
+    maps = {"torch": evaluate_predictor(cfg, Predictor.for_module(module))}  # the module already loaded
     for precision, path in models.items():
         maps[precision] = evaluate_model(cfg, str(path), "onnxruntime")
     report = {"max_abs_diff": diff, "mAP": {}, "AP": {}, "engine": engine_note or "built",
