@@ -59,8 +59,14 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     """Run ``transferdet ARGS`` in a subprocess, as a user would."""
     full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
-    proc = subprocess.run([sys.executable, "-m", "transferdet", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "transferdet", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -82,8 +88,8 @@ def wandb_records(run_file: Path):
         if block - pos % block < 7:
             pos += block - pos % block
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        payload, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind in (1, 4):  # full record, or the last piece of one
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending + payload if kind == 4 else payload)

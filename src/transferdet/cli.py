@@ -14,9 +14,9 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,31 +36,41 @@ class Task:
 
 
 TASKS: dict[str, Task] = {
-    "synth": Task("write a synthetic KITTI-format road-scene dataset (the embedded default data)",
-                  "transferdet.tasks.synth:run"),
-    "convert": Task("validate and partition a KITTI dataset into the indexed training format, with a report",
-                    "transferdet.tasks.convert:run"),
+    "synth": Task(
+        "write a synthetic KITTI-format road-scene dataset (the embedded default data)", "transferdet.tasks.synth:run"
+    ),
+    "convert": Task(
+        "validate and partition a KITTI dataset into the indexed training format, with a report",
+        "transferdet.tasks.convert:run",
+    ),
     "train": Task("train (or retrain a pruned) DetectNet_v2 detector", "transferdet.tasks.train:run"),
-    "evaluate": Task("mAP of a checkpoint, an exported model, or a folder of KITTI prediction files",
-                     "transferdet.tasks.evaluate:run"),
-    "infer": Task("detect objects in images, folders or videos; annotated outputs + KITTI labels",
-                  "transferdet.tasks.infer:run"),
+    "evaluate": Task(
+        "mAP of a checkpoint, an exported model, or a folder of KITTI prediction files",
+        "transferdet.tasks.evaluate:run",
+    ),
+    "infer": Task(
+        "detect objects in images, folders or videos; annotated outputs + KITTI labels", "transferdet.tasks.infer:run"
+    ),
     "prune": Task("structured channel pruning of a trained model", "transferdet.tasks.prune:run"),
-    "calibrate": Task("write an INT8 calibration tensor file from the training data",
-                      "transferdet.tasks.calibrate:run"),
-    "export": Task("ONNX fp32/fp16/int8, TensorRT cache and engine, DeepStream config",
-                   "transferdet.tasks.export:run"),
-    "benchmark": Task("latency / throughput table across runtimes, precisions and batch sizes",
-                      "transferdet.tasks.benchmark:run"),
-    "pipeline": Task("the whole workflow, synth to report, in one command (resumable)",
-                     "transferdet.tasks.pipeline:run"),
+    "calibrate": Task(
+        "write an INT8 calibration tensor file from the training data", "transferdet.tasks.calibrate:run"
+    ),
+    "export": Task("ONNX fp32/fp16/int8, TensorRT cache and engine, DeepStream config", "transferdet.tasks.export:run"),
+    "benchmark": Task(
+        "latency / throughput table across runtimes, precisions and batch sizes", "transferdet.tasks.benchmark:run"
+    ),
+    "pipeline": Task(
+        "the whole workflow, synth to report, in one command (resumable)", "transferdet.tasks.pipeline:run"
+    ),
 }
 
 
 # commands that are not Hydra tasks: name -> (summary, "module:function" taking argv)
 COMMANDS: dict[str, Task] = {
-    "import-spec": Task("convert a TLT/TAO DetectNet_v2 spec file into conf/experiment/<name>.yaml",
-                        "transferdet.config.import_command:main"),
+    "import-spec": Task(
+        "convert a TLT/TAO DetectNet_v2 spec file into conf/experiment/<name>.yaml",
+        "transferdet.config.import_command:main",
+    ),
 }
 
 
@@ -144,8 +154,11 @@ def _hydra_entry(task_name: str) -> Callable[[], None]:
         if not objective:
             return None
         if objective not in metrics:
-            print(f"transferdet {task_name}: error: config key 'optimized_metric' has value {objective!r}; allowed: "
-                  f"one of the run's metrics ({', '.join(sorted(metrics))})", file=sys.stderr)
+            print(
+                f"transferdet {task_name}: error: config key 'optimized_metric' has value {objective!r}; allowed: "
+                f"one of the run's metrics ({', '.join(sorted(metrics))})",
+                file=sys.stderr,
+            )
             sys.exit(EXIT_USER_ERROR)
         value = metrics[objective]
         return float("nan") if value is None else value  # null = not finite

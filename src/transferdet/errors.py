@@ -25,4 +25,3 @@ class DataError(TransferdetError):
         self.path, self.line = str(path), line
         where = f"{path}:{line}" if line is not None else str(path)
         super().__init__(f"{where}: {message}")
-

@@ -26,5 +26,5 @@ class Detections:
     scores: np.ndarray  # [M] float
 
     @staticmethod
-    def empty() -> "Detections":
+    def empty() -> Detections:
         return Detections(np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0))

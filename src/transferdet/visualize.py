@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -25,8 +25,9 @@ def to_pil(image: torch.Tensor | np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(image))
 
 
-def draw_detections(image, det: Detections | None, gt: GroundTruth | None, classes: Sequence[str],
-                    min_score: float = 0.0) -> Image.Image:
+def draw_detections(
+    image, det: Detections | None, gt: GroundTruth | None, classes: Sequence[str], min_score: float = 0.0
+) -> Image.Image:
     im = to_pil(image).copy()
     d = ImageDraw.Draw(im)
     if gt is not None:

@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 
 from tests.conftest import compose_task
 from transferdet.cli import TASKS
-from transferdet.config import target_classes, typed, validate
 from transferdet.config import schema as S
+from transferdet.config import target_classes, typed, validate
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
@@ -47,7 +47,10 @@ def test_experiments_exist():
 
 def test_kitti_experiment_is_the_tlt_tutorial():
     cfg = compose_task("train", ["experiment=kitti_resnet18", "dataset.root=/x"])
-    assert (cfg.augmentation.preprocessing.output_image_width, cfg.augmentation.preprocessing.output_image_height) == (1248, 384)
+    assert (cfg.augmentation.preprocessing.output_image_width, cfg.augmentation.preprocessing.output_image_height) == (
+        1248,
+        384,
+    )
     assert cfg.training.batch_size_per_gpu == 24 and cfg.training.num_epochs == 120
     assert cfg.evaluation.minimum_detection_ground_truth_overlap.car == 0.7
     assert cfg.rasterizer.target_class_config.car.cov_radius_x == 0.4
@@ -57,15 +60,29 @@ def test_kitti_experiment_is_the_tlt_tutorial():
 
 GROUP_OPTIONS = [
     (group, p.stem)
-    for group in ("dataset", "augmentation", "model", "training", "evaluation", "rasterizer", "postprocessing", "cost",
-                  "trainer", "logger", "callbacks", "debug")
+    for group in (
+        "dataset",
+        "augmentation",
+        "model",
+        "training",
+        "evaluation",
+        "rasterizer",
+        "postprocessing",
+        "cost",
+        "trainer",
+        "logger",
+        "callbacks",
+        "debug",
+    )
     for p in sorted((CONF / group).glob("*.yaml"))
 ]
 
 
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS)
 def test_every_group_option_composes(group, option):
-    overrides = [f"{group}={option}"] + (["dataset.root=/data/kitti"] if (group, option) == ("dataset", "kitti") else [])
+    overrides = [f"{group}={option}"] + (
+        ["dataset.root=/data/kitti"] if (group, option) == ("dataset", "kitti") else []
+    )
     cfg = compose_task("train", overrides)
     validate(cfg)
 
@@ -73,8 +90,9 @@ def test_every_group_option_composes(group, option):
 @pytest.mark.parametrize("option", ["default", "cpu"])
 def test_trainer_configs_build_a_real_trainer(option, tmp_path):
     cfg = compose_task("train", [f"trainer={option}", "training.num_epochs=3"])
-    trainer = instantiate(cfg.trainer, default_root_dir=str(tmp_path), logger=False, enable_checkpointing=False,
-                          enable_progress_bar=False)
+    trainer = instantiate(
+        cfg.trainer, default_root_dir=str(tmp_path), logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
     assert trainer.max_epochs == 3
 
 
@@ -103,8 +121,22 @@ def test_schema_defaults_hold_no_classes():
 
 def test_config_tree_ships_in_the_wheel(tmp_path):
     """The config tree must be found when installed from a wheel, not only in an editable install."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(REPO)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
     wheel = next(tmp_path.glob("transferdet-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"transferdet/conf/{p.relative_to(CONF).as_posix()}" for p in CONF.rglob("*.yaml")}

@@ -78,8 +78,19 @@ def test_warnings_are_reported_by_file_and_line(tmp_path, cli, synth_root):
 def test_help_lists_every_task(cli):
     r = cli("--help")
     assert r.returncode == 0
-    for task in ("synth", "convert", "train", "evaluate", "infer", "prune", "calibrate", "export", "benchmark",
-                 "pipeline", "import-spec"):
+    for task in (
+        "synth",
+        "convert",
+        "train",
+        "evaluate",
+        "infer",
+        "prune",
+        "calibrate",
+        "export",
+        "benchmark",
+        "pipeline",
+        "import-spec",
+    ):
         assert f"\n  {task} " in r.stdout
 
 
@@ -89,8 +100,14 @@ def test_task_help_is_hydras(cli):
 
 
 def test_multirun_gives_each_job_its_run_directory(cli, tmp_path):
-    r = cli("synth", "-m", f"dataset.root={tmp_path}/ds_${{synth.seed}}", "synth.num_images=3", "synth.seed=1,2",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    r = cli(
+        "synth",
+        "-m",
+        f"dataset.root={tmp_path}/ds_${{synth.seed}}",
+        "synth.num_images=3",
+        "synth.seed=1,2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
     assert r.returncode == 0, r.stderr
     for job in ("0", "1"):
         metrics = json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())

@@ -19,8 +19,14 @@ from tests.conftest import compose_task
 from transferdet.errors import DataError
 from transferdet.models.checkpoint import load_tensor_file
 
-TINY = ["model=resnet10", "training.num_workers=0", "training.batch_size_per_gpu=4", "callbacks.progress_bar=null",
-        "augmentation.preprocessing.output_image_width=128", "augmentation.preprocessing.output_image_height=64"]
+TINY = [
+    "model=resnet10",
+    "training.num_workers=0",
+    "training.batch_size_per_gpu=4",
+    "callbacks.progress_bar=null",
+    "augmentation.preprocessing.output_image_width=128",
+    "augmentation.preprocessing.output_image_height=64",
+]
 
 
 def _complete(ckpts: Path) -> list[Path]:
@@ -30,8 +36,9 @@ def _complete(ckpts: Path) -> list[Path]:
 def _writing(ckpts: Path, since: float) -> bool:
     """A checkpoint write begun after ``since`` (wall clock) is in progress: its temporary file has bytes."""
     try:
-        return any(p.name.endswith(".tmp") and p.stat().st_size > 0 and p.stat().st_mtime >= since
-                   for p in ckpts.iterdir())
+        return any(
+            p.name.endswith(".tmp") and p.stat().st_size > 0 and p.stat().st_mtime >= since for p in ckpts.iterdir()
+        )
     except OSError:  # no folder yet, or the file was renamed while we looked
         return False
 
@@ -48,8 +55,18 @@ def _seen_for(state: dict, text: str, seconds: float) -> bool:
 def test_sigkill_at_five_points_resumes_from_the_last_complete_checkpoint(tiny_root, tmp_path):
     run = tmp_path / "run"
     ckpts = run / "checkpoints"
-    args = [sys.executable, "-m", "transferdet", "train", f"dataset.root={tiny_root}", *TINY, "training.num_epochs=5",
-            "training.checkpoint_interval=1", "training.resume=auto", f"hydra.run.dir={run}"]
+    args = [
+        sys.executable,
+        "-m",
+        "transferdet",
+        "train",
+        f"dataset.root={tiny_root}",
+        *TINY,
+        "training.num_epochs=5",
+        "training.checkpoint_interval=1",
+        "training.resume=auto",
+        f"hydra.run.dir={run}",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONUNBUFFERED": "1"}
     state: dict = {}
     kill_points = {
@@ -98,32 +115,47 @@ def test_sigkill_at_five_points_resumes_from_the_last_complete_checkpoint(tiny_r
 
 
 def _tree_digest(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not any(s in p.name for s in skip)}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not any(s in p.name for s in skip)
+    }
 
 
 def test_same_seed_same_results_for_synth_convert_and_train(cli, tmp_path):
     runs = []
     for k in (1, 2):
         ds = tmp_path / f"ds{k}"
-        r = cli("synth", f"dataset.root={ds}", "synth.num_images=24", "synth.image_width=128", "synth.image_height=64",
-                "synth.seed=9", f"hydra.run.dir={tmp_path / f'synth{k}'}")
+        r = cli(
+            "synth",
+            f"dataset.root={ds}",
+            "synth.num_images=24",
+            "synth.image_width=128",
+            "synth.image_height=64",
+            "synth.seed=9",
+            f"hydra.run.dir={tmp_path / f'synth{k}'}",
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         r = cli("convert", f"dataset.root={ds}", f"hydra.run.dir={tmp_path / f'convert{k}'}")
         assert r.returncode == 0, r.stderr[-2000:]
-        r = cli("train", f"dataset.root={ds}", *TINY, "training.num_epochs=2", f"hydra.run.dir={tmp_path / f'train{k}'}")
+        r = cli(
+            "train", f"dataset.root={ds}", *TINY, "training.num_epochs=2", f"hydra.run.dir={tmp_path / f'train{k}'}"
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         runs.append(ds)
     # the datasets are identical file by file (the converted form records its own root, so compare the rest)
-    assert _tree_digest(runs[0], skip=("manifest.json", "report")) == _tree_digest(runs[1], skip=("manifest.json",
-                                                                                                   "report"))
+    assert _tree_digest(runs[0], skip=("manifest.json", "report")) == _tree_digest(
+        runs[1], skip=("manifest.json", "report")
+    )
     manifests = [json.loads((d / "converted" / "manifest.json").read_text()) for d in runs]
     assert manifests[0]["partition"] == manifests[1]["partition"]
     for task in ("synth", "convert", "train"):
         a, b = (json.loads((tmp_path / f"{task}{k}" / "metrics.json").read_text()) for k in (1, 2))
         assert a == b, task
-    weights = [load_tensor_file(tmp_path / f"train{k}" / "checkpoints" / "last.ckpt", "c")["transferdet_checksum"]
-               for k in (1, 2)]
+    weights = [
+        load_tensor_file(tmp_path / f"train{k}" / "checkpoints" / "last.ckpt", "c")["transferdet_checksum"]
+        for k in (1, 2)
+    ]
     assert weights[0] == weights[1]  # bit-identical weights after two epochs on this machine
 
 
@@ -137,11 +169,20 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.mark.parametrize("task,key", [
-    ("evaluate", "checkpoint"), ("infer", "checkpoint"), ("prune", "checkpoint"), ("export", "checkpoint"),
-    ("calibrate", "checkpoint"), ("benchmark", "benchmark.models"), ("train", "model.pretrained_model_file"),
-    ("train", "model.pruned_checkpoint"), ("train", "training.resume"),
-])
+@pytest.mark.parametrize(
+    "task,key",
+    [
+        ("evaluate", "checkpoint"),
+        ("infer", "checkpoint"),
+        ("prune", "checkpoint"),
+        ("export", "checkpoint"),
+        ("calibrate", "checkpoint"),
+        ("benchmark", "benchmark.models"),
+        ("train", "model.pretrained_model_file"),
+        ("train", "model.pruned_checkpoint"),
+        ("train", "training.resume"),
+    ],
+)
 def test_a_checkpoint_whose_pickle_runs_code_is_refused_by_every_loading_task(tiny_root, tmp_path, task, key):
     import torch
 
@@ -164,9 +205,16 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_by_every_loading_task(ti
 def test_wandb_api_key_never_lands_in_what_a_run_writes(cli, tiny_root, tmp_path):
     secret = "a1b2c3d4e5f6a7b8c9d0a1b2c3d4e5f6a7b8c9d0"  # the shape of a W&B API key
     run = tmp_path / "run"
-    r = cli("train", f"dataset.root={tiny_root}", *TINY, "training.num_epochs=1", "logger=wandb",
-            "logger.wandb.offline=true", f"hydra.run.dir={run}",
-            env={"WANDB_API_KEY": secret, "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    r = cli(
+        "train",
+        f"dataset.root={tiny_root}",
+        *TINY,
+        "training.num_epochs=1",
+        "logger=wandb",
+        "logger.wandb.offline=true",
+        f"hydra.run.dir={run}",
+        env={"WANDB_API_KEY": secret, "WANDB_MODE": "offline", "WANDB_SILENT": "true"},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     written = [p for p in run.rglob("*") if p.is_file()]
     assert any(p.suffix == ".wandb" for p in written) and (run / "config.yaml").exists()

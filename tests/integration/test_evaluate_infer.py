@@ -17,8 +17,10 @@ from transferdet.data.synth import generate
 
 SIZE = ["augmentation.preprocessing.output_image_width=128", "augmentation.preprocessing.output_image_height=64"]
 # a briefly trained model is unsure of itself: keep its weak detections so there is something to score
-LOW = [f"postprocessing.target_class_config.{c}.clustering_config.dbscan_confidence_threshold=0.001"
-       for c in ("car", "pedestrian", "cyclist")]
+LOW = [
+    f"postprocessing.target_class_config.{c}.clustering_config.dbscan_confidence_threshold=0.001"
+    for c in ("car", "pedestrian", "cyclist")
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +28,20 @@ def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("trained")
     root = base / "ds"
     generate(small_synth_config(48, seed=7, image_width=128, image_height=64), root, progress=False)
-    r = run_cli("train", f"dataset.root={root}", "model=resnet10", "training.num_workers=0", "training.num_epochs=3",
-                "training.batch_size_per_gpu=8", "callbacks.progress_bar=null",
-                "training.learning_rate.soft_start_annealing_schedule.max_learning_rate=2e-3", *SIZE, *LOW,
-                f"hydra.run.dir={base / 'train'}", timeout=600)
+    r = run_cli(
+        "train",
+        f"dataset.root={root}",
+        "model=resnet10",
+        "training.num_workers=0",
+        "training.num_epochs=3",
+        "training.batch_size_per_gpu=8",
+        "callbacks.progress_bar=null",
+        "training.learning_rate.soft_start_annealing_schedule.max_learning_rate=2e-3",
+        *SIZE,
+        *LOW,
+        f"hydra.run.dir={base / 'train'}",
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     manifest = json.loads((root / "converted" / "manifest.json").read_text())
     val_ids = manifest["partition"]["folds"]["0"]
@@ -39,19 +51,35 @@ def trained(tmp_path_factory):
     for i in val_ids:
         shutil.copy(root / "image_2" / f"{i}.png", images)
         shutil.copy(root / "label_2" / f"{i}.txt", labels)
-    return {"root": root, "ckpt": base / "train" / "checkpoints" / "last.ckpt", "images": images, "labels": labels,
-            "val_ids": val_ids}
+    return {
+        "root": root,
+        "ckpt": base / "train" / "checkpoints" / "last.ckpt",
+        "images": images,
+        "labels": labels,
+        "val_ids": val_ids,
+    }
 
 
 def test_infer_on_a_folder_reproduces_evaluate(trained, tmp_path, cli):
-    r = cli("evaluate", f"checkpoint={trained['ckpt']}", f"dataset.root={trained['root']}", *LOW,
-            f"hydra.run.dir={tmp_path / 'ev_ckpt'}")
+    r = cli(
+        "evaluate",
+        f"checkpoint={trained['ckpt']}",
+        f"dataset.root={trained['root']}",
+        *LOW,
+        f"hydra.run.dir={tmp_path / 'ev_ckpt'}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     direct = json.loads((tmp_path / "ev_ckpt" / "metrics.json").read_text())
     assert (tmp_path / "ev_ckpt" / "pr_curves.png").read_bytes()[:4] == b"\x89PNG"
 
-    r = cli("infer", f"checkpoint={trained['ckpt']}", f"input={trained['images']}", "batch_size=3", *LOW,
-            f"hydra.run.dir={tmp_path / 'inf'}")
+    r = cli(
+        "infer",
+        f"checkpoint={trained['ckpt']}",
+        f"input={trained['images']}",
+        "batch_size=3",
+        *LOW,
+        f"hydra.run.dir={tmp_path / 'inf'}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     labels = sorted((tmp_path / "inf" / "labels").glob("*.txt"))
     assert [p.stem for p in labels] == sorted(trained["val_ids"])
@@ -59,8 +87,12 @@ def test_infer_on_a_folder_reproduces_evaluate(trained, tmp_path, cli):
     detections = [o for p in labels for o in read_label_file(p, allow_score=True)]
     assert detections and all(o.score is not None for o in detections)
 
-    r = cli("evaluate", f"predictions={tmp_path / 'inf' / 'labels'}", f"labels={trained['labels']}",
-            f"hydra.run.dir={tmp_path / 'ev_files'}")
+    r = cli(
+        "evaluate",
+        f"predictions={tmp_path / 'inf' / 'labels'}",
+        f"labels={trained['labels']}",
+        f"hydra.run.dir={tmp_path / 'ev_files'}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     from_files = json.loads((tmp_path / "ev_files" / "metrics.json").read_text())
     for key in ("mAP", "AP/car", "AP/pedestrian", "AP/cyclist", "mAP_moderate", "AP50_coco"):
@@ -80,8 +112,14 @@ def test_infer_on_a_video_writes_labels_per_frame_and_an_annotated_video(trained
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
-    r = cli("infer", f"checkpoint={trained['ckpt']}", f"input={video}", "batch_size=4", *LOW,
-            f"hydra.run.dir={tmp_path / 'inf'}")
+    r = cli(
+        "infer",
+        f"checkpoint={trained['ckpt']}",
+        f"input={video}",
+        "batch_size=4",
+        *LOW,
+        f"hydra.run.dir={tmp_path / 'inf'}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     labels = sorted((tmp_path / "inf" / "labels").glob("*.txt"))
     assert [p.name for p in labels] == [f"drive_{i:06d}.txt" for i in range(6)]
@@ -92,7 +130,9 @@ def test_infer_on_a_video_writes_labels_per_frame_and_an_annotated_video(trained
 
 
 def test_infer_and_evaluate_refuse_bad_inputs(trained, tmp_path, cli):
-    r = cli("infer", f"checkpoint={trained['ckpt']}", f"input={tmp_path / 'nothing'}", f"hydra.run.dir={tmp_path / 'a'}")
+    r = cli(
+        "infer", f"checkpoint={trained['ckpt']}", f"input={tmp_path / 'nothing'}", f"hydra.run.dir={tmp_path / 'a'}"
+    )
     assert r.returncode == 2 and "config key 'input'" in r.stderr and "Traceback" not in r.stderr
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(trained["ckpt"].read_bytes()[:1000])
@@ -105,17 +145,32 @@ def test_infer_and_evaluate_refuse_bad_inputs(trained, tmp_path, cli):
     assert r.returncode == 2 and f"{preds / 'zzz.txt'}: prediction file has no ground-truth label file" in r.stderr
     r = cli("evaluate", f"hydra.run.dir={tmp_path / 'd'}")
     assert r.returncode == 2 and "config key 'checkpoint'" in r.stderr
-    r = cli("infer", f"checkpoint={trained['ckpt']}", f"input={trained['images']}", "workers=0",
-            f"hydra.run.dir={tmp_path / 'e'}")
+    r = cli(
+        "infer",
+        f"checkpoint={trained['ckpt']}",
+        f"input={trained['images']}",
+        "workers=0",
+        f"hydra.run.dir={tmp_path / 'e'}",
+    )
     assert r.returncode == 2 and "config key 'workers'" in r.stderr and "an integer >= 1" in r.stderr
-    r = cli("infer", f"checkpoint={trained['ckpt']}", f"input={trained['images']}", "precision=fp8",
-            f"hydra.run.dir={tmp_path / 'f'}")
+    r = cli(
+        "infer",
+        f"checkpoint={trained['ckpt']}",
+        f"input={trained['images']}",
+        "precision=fp8",
+        f"hydra.run.dir={tmp_path / 'f'}",
+    )
     assert r.returncode == 2 and "config key 'precision'" in r.stderr and "fp32 | fp16" in r.stderr
     import torch
 
     if not torch.cuda.is_available():  # fp16 is the GPU's (tests/integration/test_gpu.py runs it there)
-        r = cli("infer", f"checkpoint={trained['ckpt']}", f"input={trained['images']}", "precision=fp16",
-                f"hydra.run.dir={tmp_path / 'g'}")
+        r = cli(
+            "infer",
+            f"checkpoint={trained['ckpt']}",
+            f"input={trained['images']}",
+            "precision=fp16",
+            f"hydra.run.dir={tmp_path / 'g'}",
+        )
         assert r.returncode == 2 and "config key 'precision'" in r.stderr and "CUDA GPU" in r.stderr
         assert not (tmp_path / "g" / "labels").exists()
 
@@ -129,7 +184,7 @@ def test_stream_gives_what_serial_calls_give_in_order_with_bounded_look_ahead(tr
 
     predictor = Predictor.load(trained["ckpt"])
     files = sorted(trained["images"].glob("*.png")) * 2  # 2 x the validation images
-    serial = [d for i in range(0, len(files), 3) for d in predictor([load_rgb(f) for f in files[i:i + 3]])]
+    serial = [d for i in range(0, len(files), 3) for d in predictor([load_rgb(f) for f in files[i : i + 3]])]
     loaded, lock, most_ahead = [0], threading.Lock(), [0]
     yielded = 0
 
@@ -159,13 +214,26 @@ def test_stream_gives_what_serial_calls_give_in_order_with_bounded_look_ahead(tr
 
 
 def test_export_then_onnxruntime_infer_matches_torch(trained, tmp_path, cli):
-    r = cli("export", f"checkpoint={trained['ckpt']}", f"dataset.root={trained['root']}", "export.data_type=int8",
-            "calibration.batches=2", "calibration.batch_size=4", "export.max_map_drop=100",
-            f"hydra.run.dir={tmp_path / 'export'}")
+    r = cli(
+        "export",
+        f"checkpoint={trained['ckpt']}",
+        f"dataset.root={trained['root']}",
+        "export.data_type=int8",
+        "calibration.batches=2",
+        "calibration.batch_size=4",
+        "export.max_map_drop=100",
+        f"hydra.run.dir={tmp_path / 'export'}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "export"
-    for name in ("model_fp32.onnx", "model_int8.onnx", "calibration.cache", "nvinfer_config.txt", "labels.txt",
-                 "parity.json"):
+    for name in (
+        "model_fp32.onnx",
+        "model_int8.onnx",
+        "calibration.cache",
+        "nvinfer_config.txt",
+        "labels.txt",
+        "parity.json",
+    ):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["parity/max_abs_diff_cov"] < 1e-4
@@ -174,39 +242,71 @@ def test_export_then_onnxruntime_infer_matches_torch(trained, tmp_path, cli):
 
     scores = {}
     for runtime, model in (("torch", trained["ckpt"]), ("onnxruntime", out / "model_fp32.onnx")):
-        r = cli("infer", f"checkpoint={model}", f"runtime={runtime}", f"input={trained['images']}",
-                f"hydra.run.dir={tmp_path / runtime}")
+        r = cli(
+            "infer",
+            f"checkpoint={model}",
+            f"runtime={runtime}",
+            f"input={trained['images']}",
+            f"hydra.run.dir={tmp_path / runtime}",
+        )
         assert r.returncode == 0, r.stderr[-3000:]
-        r = cli("evaluate", f"predictions={tmp_path / runtime / 'labels'}", f"labels={trained['labels']}",
-                f"hydra.run.dir={tmp_path / ('ev_' + runtime)}")
+        r = cli(
+            "evaluate",
+            f"predictions={tmp_path / runtime / 'labels'}",
+            f"labels={trained['labels']}",
+            f"hydra.run.dir={tmp_path / ('ev_' + runtime)}",
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         scores[runtime] = json.loads((tmp_path / ("ev_" + runtime) / "metrics.json").read_text())["mAP"]
     assert abs(scores["torch"] - scores["onnxruntime"]) < 0.005  # within 0.5 point
 
-    r = cli("infer", f"checkpoint={trained['ckpt']}", "runtime=onnxruntime", f"input={trained['images']}",
-            f"hydra.run.dir={tmp_path / 'wrong'}")
+    r = cli(
+        "infer",
+        f"checkpoint={trained['ckpt']}",
+        "runtime=onnxruntime",
+        f"input={trained['images']}",
+        f"hydra.run.dir={tmp_path / 'wrong'}",
+    )
     assert r.returncode == 2 and "config key 'checkpoint'" in r.stderr and ".onnx" in r.stderr
 
 
 def test_calibrate_writes_a_tensor_file_export_can_use(trained, tmp_path, cli):
-    r = cli("calibrate", f"checkpoint={trained['ckpt']}", f"dataset.root={trained['root']}", "calibration.batches=2",
-            "calibration.batch_size=3", f"hydra.run.dir={tmp_path / 'cal'}")
+    r = cli(
+        "calibrate",
+        f"checkpoint={trained['ckpt']}",
+        f"dataset.root={trained['root']}",
+        "calibration.batches=2",
+        "calibration.batch_size=3",
+        f"hydra.run.dir={tmp_path / 'cal'}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     data = np.load(tmp_path / "cal" / "calibration.npy", allow_pickle=False)
     assert data.shape == (6, 3, 64, 128) and data.dtype == np.float32 and 0 <= data.min() and data.max() <= 1
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((2, 3, 32, 32), np.float32))
-    r = cli("export", f"checkpoint={trained['ckpt']}", f"dataset.root={trained['root']}", "export.data_type=int8",
-            f"calibration.cal_data_file={bad}", f"hydra.run.dir={tmp_path / 'x'}")
+    r = cli(
+        "export",
+        f"checkpoint={trained['ckpt']}",
+        f"dataset.root={trained['root']}",
+        "export.data_type=int8",
+        f"calibration.cal_data_file={bad}",
+        f"hydra.run.dir={tmp_path / 'x'}",
+    )
     assert r.returncode == 2 and f"{bad}: calibration tensors are float32 [2, 3, 32, 32]" in r.stderr
 
 
 def test_benchmark_writes_a_table_json_and_chart(trained, tmp_path, cli):
     import torch
 
-    r = cli("benchmark", f"benchmark.models={{unpruned: {trained['ckpt']}}}", f"dataset.root={trained['root']}",
-            "benchmark.batch_sizes=[1,2]", "benchmark.gpu_batch_sizes=[2,4]", "benchmark.repeats=2",
-            f"hydra.run.dir={tmp_path / 'bench'}")
+    r = cli(
+        "benchmark",
+        f"benchmark.models={{unpruned: {trained['ckpt']}}}",
+        f"dataset.root={trained['root']}",
+        "benchmark.batch_sizes=[1,2]",
+        "benchmark.gpu_batch_sizes=[2,4]",
+        "benchmark.repeats=2",
+        f"hydra.run.dir={tmp_path / 'bench'}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
     rows = out["rows"]
@@ -214,22 +314,30 @@ def test_benchmark_writes_a_table_json_and_chart(trained, tmp_path, cli):
     gpu = torch.cuda.is_available()
     runtimes = [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")] + [("torch", "fp16")] * gpu
     assert {(x["runtime"], x["precision"], x["batch"]) for x in rows} == {
-        (rt, p, b) for rt, p in runtimes for b in ((1, 2, 4) if gpu else (1, 2))}
+        (rt, p, b) for rt, p in runtimes for b in ((1, 2, 4) if gpu else (1, 2))
+    }
     assert out["device"] == (torch.cuda.get_device_name() if gpu else "cpu")
     for x in rows:
         # timings are only checked for being measured: comparing them belongs to the benchmark, not a test
         assert x["e2e_ms_p50"] > 0 and x["network_ms_p50"] > 0 and 0 <= x["mAP"] <= 1
         assert x["e2e_images_per_s"] > 0 and x["e2e_serial_images_per_s"] > 0
         assert x["e2e_over_network"] == pytest.approx(x["e2e_images_per_s"] / x["network_images_per_s"])
-    assert all(x["speedup_e2e"] == pytest.approx(1.0) for x in rows if (x["runtime"], x["precision"]) == ("torch", "fp32"))
+    assert all(
+        x["speedup_e2e"] == pytest.approx(1.0) for x in rows if (x["runtime"], x["precision"]) == ("torch", "fp32")
+    )
     assert out["workers"] == 2
     md = (tmp_path / "bench" / "benchmark.md").read_text()
     assert md.count("\n") == 2 + len(rows) and "| unpruned | onnxruntime | int8 | 2 |" in md
     assert (tmp_path / "bench" / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
     r = cli("benchmark", f"hydra.run.dir={tmp_path / 'none'}")
     assert r.returncode == 2 and "config key 'benchmark.models'" in r.stderr
-    r = cli("benchmark", f"benchmark.models={{unpruned: {trained['ckpt']}}}", f"dataset.root={trained['root']}",
-            "benchmark.workers=0", f"hydra.run.dir={tmp_path / 'w'}")
+    r = cli(
+        "benchmark",
+        f"benchmark.models={{unpruned: {trained['ckpt']}}}",
+        f"dataset.root={trained['root']}",
+        "benchmark.workers=0",
+        f"hydra.run.dir={tmp_path / 'w'}",
+    )
     assert r.returncode == 2 and "config key 'benchmark.workers'" in r.stderr
 
 
@@ -243,15 +351,26 @@ def test_prune_then_retrain_from_config_in_a_fresh_process(trained, tmp_path, cl
     metrics = json.loads((tmp_path / "prune" / "metrics.json").read_text())
     pruned_ckpt = tmp_path / "prune" / "pruned.ckpt"
     pruned = load_module(pruned_ckpt)
-    assert metrics["prune/ratio"] <= 0.3 and metrics["prune/params_after"] == sum(p.numel() for p in pruned.model.parameters())
+    assert metrics["prune/ratio"] <= 0.3 and metrics["prune/params_after"] == sum(
+        p.numel() for p in pruned.model.parameters()
+    )
     report = json.loads((tmp_path / "prune" / "pruning_report.json").read_text())
     assert report["layers"] and (tmp_path / "prune" / "pruning_report.md").read_text().startswith("# Pruning report")
 
     # retraining rebuilds the pruned architecture from config + channel plan; with no training step taken
     # its checkpoint must compute what the pruned model computes
-    r = cli("train", f"dataset.root={trained['root']}", "model=resnet10", f"model.pruned_checkpoint={pruned_ckpt}",
-            *SIZE, "training.num_epochs=1", "+trainer.limit_train_batches=0", "training.num_workers=0",
-            "callbacks.progress_bar=null", f"hydra.run.dir={tmp_path / 'retrain'}")
+    r = cli(
+        "train",
+        f"dataset.root={trained['root']}",
+        "model=resnet10",
+        f"model.pruned_checkpoint={pruned_ckpt}",
+        *SIZE,
+        "training.num_epochs=1",
+        "+trainer.limit_train_batches=0",
+        "training.num_workers=0",
+        "callbacks.progress_bar=null",
+        f"hydra.run.dir={tmp_path / 'retrain'}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     retrained = load_module(tmp_path / "retrain" / "checkpoints" / "last.ckpt")
     x = torch.rand(2, 3, 64, 128)
@@ -260,10 +379,17 @@ def test_prune_then_retrain_from_config_in_a_fresh_process(trained, tmp_path, cl
     assert (a[0] - b[0]).abs().max() < 1e-5 and (a[1] - b[1]).abs().max() < 1e-5
 
     # evaluate, infer and export take the pruned checkpoint like any other
-    r = cli("evaluate", f"checkpoint={pruned_ckpt}", f"dataset.root={trained['root']}", f"hydra.run.dir={tmp_path / 'ev'}")
+    r = cli(
+        "evaluate", f"checkpoint={pruned_ckpt}", f"dataset.root={trained['root']}", f"hydra.run.dir={tmp_path / 'ev'}"
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    r = cli("export", f"checkpoint={pruned_ckpt}", f"dataset.root={trained['root']}", "export.max_map_drop=100",
-            f"hydra.run.dir={tmp_path / 'export'}")
+    r = cli(
+        "export",
+        f"checkpoint={pruned_ckpt}",
+        f"dataset.root={trained['root']}",
+        "export.max_map_drop=100",
+        f"hydra.run.dir={tmp_path / 'export'}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((tmp_path / "export" / "metrics.json").read_text())["parity/max_abs_diff_cov"] < 1e-4
 
@@ -277,8 +403,14 @@ def test_prune_then_retrain_from_config_in_a_fresh_process(trained, tmp_path, cl
 
 
 def test_prune_sensitivity_sweep_draws_a_pareto_plot(trained, tmp_path, cli):
-    r = cli("prune", f"checkpoint={trained['ckpt']}", f"dataset.root={trained['root']}", "sweep=true",
-            "sweep_ratios=[0.5,0.25]", f"hydra.run.dir={tmp_path / 'sweep'}")
+    r = cli(
+        "prune",
+        f"checkpoint={trained['ckpt']}",
+        f"dataset.root={trained['root']}",
+        "sweep=true",
+        "sweep_ratios=[0.5,0.25]",
+        f"hydra.run.dir={tmp_path / 'sweep'}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert [row["target_ratio"] for row in rows] == [1.0, 0.5, 0.25]

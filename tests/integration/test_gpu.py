@@ -23,14 +23,26 @@ def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("gpu")
     root = base / "ds"
     generate(small_synth_config(64, seed=3, image_width=256, image_height=128), root, progress=False)
-    r = run_cli("train", f"dataset.root={root}", "model=resnet18", "training.num_workers=2", "training.num_epochs=4",
-                "training.batch_size_per_gpu=8", "callbacks.progress_bar=null", *SIZE,
-                f"hydra.run.dir={base / 'train'}", timeout=600)
+    r = run_cli(
+        "train",
+        f"dataset.root={root}",
+        "model=resnet18",
+        "training.num_workers=2",
+        "training.num_epochs=4",
+        "training.batch_size_per_gpu=8",
+        "callbacks.progress_bar=null",
+        *SIZE,
+        f"hydra.run.dir={base / 'train'}",
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     # Lightning's own line: the trainer took the GPU without being told to
     assert "GPU available: True (cuda), used: True" in r.stdout + r.stderr
-    return {"root": root, "ckpt": base / "train" / "checkpoints" / "last.ckpt",
-            "images": sorted((root / "image_2").glob("*.png"))[:8]}
+    return {
+        "root": root,
+        "ckpt": base / "train" / "checkpoints" / "last.ckpt",
+        "images": sorted((root / "image_2").glob("*.png"))[:8],
+    }
 
 
 def _cpu_reference(ckpt, batch):
@@ -67,7 +79,7 @@ def test_streaming_threads_share_the_graphs_safely(trained):
 
     predictor = Predictor.load(trained["ckpt"], precision="fp16")
     files = trained["images"] * 4
-    serial = [d for i in range(0, len(files), 2) for d in predictor([load_rgb(f) for f in files[i:i + 2]])]
+    serial = [d for i in range(0, len(files), 2) for d in predictor([load_rgb(f) for f in files[i : i + 2]])]
     streamed = [d for _, _, found in predictor.stream(files, load_rgb, batch_size=2, workers=6) for d in found]
     assert len(streamed) == len(serial) == len(files)
     for a, b in zip(streamed, serial):  # the same graph on the same input: the same numbers
@@ -78,8 +90,13 @@ def test_streaming_threads_share_the_graphs_safely(trained):
 def test_evaluate_in_fp16_scores_what_fp32_scores(trained, tmp_path, cli):
     maps = {}
     for precision in ("fp32", "fp16"):
-        r = cli("evaluate", f"checkpoint={trained['ckpt']}", f"dataset.root={trained['root']}",
-                f"precision={precision}", f"hydra.run.dir={tmp_path / precision}")
+        r = cli(
+            "evaluate",
+            f"checkpoint={trained['ckpt']}",
+            f"dataset.root={trained['root']}",
+            f"precision={precision}",
+            f"hydra.run.dir={tmp_path / precision}",
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         maps[precision] = json.loads((tmp_path / precision / "metrics.json").read_text())["mAP"]
     assert abs(maps["fp16"] - maps["fp32"]) <= 0.005, maps

@@ -34,28 +34,47 @@ def test_imported_spec_maps_every_block_and_trains_one_step(spec, tmp_path):
     text = (conf / "experiment" / "tutorial.yaml").read_text()
     assert text.startswith("# @package _global_") and "#   model_config.all_projections (line 54)" in text
     exp = yaml.safe_load(text)
-    assert [next(iter(d)) for d in exp["defaults"]] == [f"override /{g}" for g in (
-        "dataset", "augmentation", "model", "training", "evaluation", "rasterizer", "postprocessing", "cost")]
-    assert exp["dataset"]["target_class_mapping"] == {"car": "car", "pedestrian": "pedestrian", "cyclist": "cyclist",
-                                                      "van": "car"}
+    assert [next(iter(d)) for d in exp["defaults"]] == [
+        f"override /{g}"
+        for g in ("dataset", "augmentation", "model", "training", "evaluation", "rasterizer", "postprocessing", "cost")
+    ]
+    assert exp["dataset"]["target_class_mapping"] == {
+        "car": "car",
+        "pedestrian": "pedestrian",
+        "cyclist": "cyclist",
+        "van": "car",
+    }
     assert exp["dataset"]["image_extension"] == ".png" and exp["dataset"]["root"] == str(tmp_path / "data")
     assert exp["model"]["num_layers"] == 10 and exp["model"]["freeze_blocks"] == [0]
     assert "pretrained_model_file" not in exp["model"]
     assert exp["training"]["random_seed"] == 42
     assert exp["training"]["training_precision"] == {"backend_floatx": "FLOAT32"}  # a model_config key in TLT
     assert exp["training"]["regularizer"] == {"type": "L1", "weight": 3e-09}
-    assert exp["evaluation"]["minimum_detection_ground_truth_overlap"] == {"car": 0.7, "pedestrian": 0.5,
-                                                                           "cyclist": 0.5}
+    assert exp["evaluation"]["minimum_detection_ground_truth_overlap"] == {
+        "car": 0.7,
+        "pedestrian": 0.5,
+        "cyclist": 0.5,
+    }
     assert exp["evaluation"]["evaluation_box_config"]["car"]["minimum_height"] == 4.0
     assert exp["rasterizer"]["target_class_config"]["car"]["cov_radius_x"] == 0.4
     assert exp["postprocessing"]["target_class_config"]["cyclist"]["clustering_config"]["dbscan_eps"] == 0.15
     cyclist = exp["cost"]["target_classes"]["cyclist"]
-    assert cyclist["class_weight"] == 8.0 and cyclist["objectives"]["bbox"] == {"initial_weight": 10.0,
-                                                                                "weight_target": 1.0}
+    assert cyclist["class_weight"] == 8.0 and cyclist["objectives"]["bbox"] == {
+        "initial_weight": 10.0,
+        "weight_target": 1.0,
+    }
 
     run = tmp_path / "run"
-    r = run_cli("train", "experiment=tutorial", f"hydra.searchpath=[file://{conf}]", "training.num_workers=0",
-                "callbacks.progress_bar=null", "+trainer.limit_train_batches=1", f"hydra.run.dir={run}", timeout=600)
+    r = run_cli(
+        "train",
+        "experiment=tutorial",
+        f"hydra.searchpath=[file://{conf}]",
+        "training.num_workers=0",
+        "callbacks.progress_bar=null",
+        "+trainer.limit_train_batches=1",
+        f"hydra.run.dir={run}",
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train/steps"] == 1
@@ -66,16 +85,26 @@ def test_imported_spec_maps_every_block_and_trains_one_step(spec, tmp_path):
     assert resolved["cost"]["enable_autoweighting"] is True
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda t: t.replace("deadzone_radius: 0.67\n}", "deadzone_radius: 0.67\n"), ":176: block 'bbox_rasterizer_config' opened at line 109 has no closing '}'"),
-    (lambda t: t.replace("num_epochs: 1", "num_epochs: {"), "block 'training_config' opened at line 67"),
-    (lambda t: t.replace("average_precision_mode: INTEGRATE", "average_precision_mode: MEDIAN"),
-     "evaluation_config.average_precision_mode' has value 'MEDIAN'; allowed: SAMPLE, INTEGRATE"),
-    (lambda t: t.replace("batch_size_per_gpu: 4", "batch_size_per_gpu: \"four\""),
-     "training_config.batch_size_per_gpu' has value 'four'"),
-    (lambda t: t.replace("num_layers: 10", "num_layers: 11"), "model.num_layers"),
-    (lambda t: t.replace("validation_fold: 0", "validation_fold: 0 $"), ":24: unexpected character '$'"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda t: t.replace("deadzone_radius: 0.67\n}", "deadzone_radius: 0.67\n"),
+            ":176: block 'bbox_rasterizer_config' opened at line 109 has no closing '}'",
+        ),
+        (lambda t: t.replace("num_epochs: 1", "num_epochs: {"), "block 'training_config' opened at line 67"),
+        (
+            lambda t: t.replace("average_precision_mode: INTEGRATE", "average_precision_mode: MEDIAN"),
+            "evaluation_config.average_precision_mode' has value 'MEDIAN'; allowed: SAMPLE, INTEGRATE",
+        ),
+        (
+            lambda t: t.replace("batch_size_per_gpu: 4", 'batch_size_per_gpu: "four"'),
+            "training_config.batch_size_per_gpu' has value 'four'",
+        ),
+        (lambda t: t.replace("num_layers: 10", "num_layers: 11"), "model.num_layers"),
+        (lambda t: t.replace("validation_fold: 0", "validation_fold: 0 $"), ":24: unexpected character '$'"),
+    ],
+)
 def test_bad_spec_is_one_clear_error_and_writes_nothing(spec, tmp_path, edit, message):
     spec.write_text(edit(spec.read_text()))
     conf = tmp_path / "conf"

@@ -18,17 +18,39 @@ import pytest
 from tests.conftest import compose_task, run_cli
 from transferdet.pipeline.runner import STAGES, config_digest, stage_config, stage_dirs
 
-TINY = ["synth.num_images=40", "synth.image_width=128", "synth.image_height=64",
-        "augmentation.preprocessing.output_image_width=128", "augmentation.preprocessing.output_image_height=64",
-        "model=resnet10", "training.num_epochs=2", "training.checkpoint_interval=1", "training.num_workers=0",
-        "training.batch_size_per_gpu=8", "callbacks.progress_bar=null", "pruning.target_ratio=0.3",
-        "calibration.batches=2", "calibration.batch_size=4", "export.parity_images=4",
-        # two epochs teach a model next to nothing: the INT8 gate is exercised by test_export, not here
-        "export.max_map_drop=100", "benchmark.batch_sizes=[1]", "benchmark.repeats=2",
-        # retraining runs long enough to be killed in the middle
-        "pipeline.retrain={training: {num_epochs: 6}}"]
-SECTIONS = ["## Headline", "## Stages", "## Dataset", "## Training", "## Accuracy (validation split)", "## Pruning",
-            "## Export and parity", "## Speed"]
+TINY = [
+    "synth.num_images=40",
+    "synth.image_width=128",
+    "synth.image_height=64",
+    "augmentation.preprocessing.output_image_width=128",
+    "augmentation.preprocessing.output_image_height=64",
+    "model=resnet10",
+    "training.num_epochs=2",
+    "training.checkpoint_interval=1",
+    "training.num_workers=0",
+    "training.batch_size_per_gpu=8",
+    "callbacks.progress_bar=null",
+    "pruning.target_ratio=0.3",
+    "calibration.batches=2",
+    "calibration.batch_size=4",
+    "export.parity_images=4",
+    # two epochs teach a model next to nothing: the INT8 gate is exercised by test_export, not here
+    "export.max_map_drop=100",
+    "benchmark.batch_sizes=[1]",
+    "benchmark.repeats=2",
+    # retraining runs long enough to be killed in the middle
+    "pipeline.retrain={training: {num_epochs: 6}}",
+]
+SECTIONS = [
+    "## Headline",
+    "## Stages",
+    "## Dataset",
+    "## Training",
+    "## Accuracy (validation split)",
+    "## Pruning",
+    "## Export and parity",
+    "## Speed",
+]
 
 
 def _mtimes(folder: Path) -> dict[str, float]:
@@ -42,8 +64,12 @@ def resumed(tmp_path_factory):
     run_dir = base / "run"
     args = [f"dataset.root={base / 'data'}", *TINY, f"hydra.run.dir={run_dir}"]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.Popen([sys.executable, "-m", "transferdet", "pipeline", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "transferdet", "pipeline", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt = run_dir / "06_retrain" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 400
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -80,9 +106,15 @@ def test_report_has_every_section_and_picture(resumed):
     for picture in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
         assert (run_dir / picture).is_file() and (run_dir / picture).stat().st_size > 1000, picture
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    for name in ("training_curves.png", "speed_vs_map.png", "04_evaluate/pr_curves.png",
-                 "07_evaluate_pruned/pr_curves.png", "10_evaluate_int8/pr_curves.png", "11_benchmark/benchmark.png",
-                 "02_convert/box_heights.png"):
+    for name in (
+        "training_curves.png",
+        "speed_vs_map.png",
+        "04_evaluate/pr_curves.png",
+        "07_evaluate_pruned/pr_curves.png",
+        "10_evaluate_int8/pr_curves.png",
+        "11_benchmark/benchmark.png",
+        "02_convert/box_heights.png",
+    ):
         assert name in pictures
     for stage, folder in stage_dirs(run_dir).items():
         record = json.loads((folder / "stage.json").read_text())
@@ -90,11 +122,16 @@ def test_report_has_every_section_and_picture(resumed):
         assert (folder / "metrics.json").is_file() and (folder / "config.yaml").is_file()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     pruned = json.loads((run_dir / "05_prune" / "metrics.json").read_text())
-    assert metrics["pipeline/prune_ratio"] == pytest.approx(pruned["prune/ratio"]) and metrics["pipeline/prune_ratio"] < 0.35
+    assert (
+        metrics["pipeline/prune_ratio"] == pytest.approx(pruned["prune/ratio"])
+        and metrics["pipeline/prune_ratio"] < 0.35
+    )
     evaluated = json.loads((run_dir / "10_evaluate_int8" / "metrics.json").read_text())
     assert metrics["pipeline/mAP_int8"] == pytest.approx(evaluated["mAP"])
     assert "| 6 | retrain | complete |" in report
-    assert (run_dir / "09_export" / "model_int8.onnx").is_file() and (run_dir / "09_export" / "calibration.cache").is_file()
+    assert (run_dir / "09_export" / "model_int8.onnx").is_file() and (
+        run_dir / "09_export" / "calibration.cache"
+    ).is_file()
 
 
 def test_rerun_of_a_finished_pipeline_runs_nothing(resumed, tmp_path):
@@ -117,13 +154,27 @@ def test_failing_stage_stops_the_pipeline_and_keeps_finished_stages(resumed, tmp
     # the export stage now fails: its calibration file is not a calibration file
     (copy / "08_calibrate" / "calibration.npy").write_bytes(b"not an array")
     # and a changed export setting makes it run again (an export-only key: calibrate's config stays the same)
-    r = run_cli("pipeline", f"dataset.root={run_dir.parent / 'data'}", *TINY, "export.parity_images=3",
-                f"hydra.run.dir={copy}", timeout=300)
+    r = run_cli(
+        "pipeline",
+        f"dataset.root={run_dir.parent / 'data'}",
+        *TINY,
+        "export.parity_images=3",
+        f"hydra.run.dir={copy}",
+        timeout=300,
+    )
     assert r.returncode == 2
     assert "stage 'export' failed" in r.stderr and "calibration.npy" in r.stderr and "Traceback" not in r.stderr
     after = _mtimes(copy)
-    for stage in ("01_synth", "02_convert", "03_train", "04_evaluate", "05_prune", "06_retrain", "07_evaluate_pruned",
-                  "08_calibrate"):
+    for stage in (
+        "01_synth",
+        "02_convert",
+        "03_train",
+        "04_evaluate",
+        "05_prune",
+        "06_retrain",
+        "07_evaluate_pruned",
+        "08_calibrate",
+    ):
         assert after[stage] == before[stage]
     assert "09_export" not in after  # the failed stage has no metrics.json that would make it look complete
     assert json.loads((copy / "09_export" / "stage.json").read_text())["status"] == "running"
@@ -143,6 +194,7 @@ def test_stage_config_is_the_tasks_own_shape():
     assert set(bench) == set(compose_task("benchmark")) and bench.benchmark.repeats == 3
     # a benchmark setting changes the benchmark stage's config, not training's
     other = compose_task("pipeline", ["pipeline.retrain={training: {num_epochs: 7}}", "benchmark.repeats=4"])
+
     def digest(c):
         return config_digest(c, Path("/run"))
 

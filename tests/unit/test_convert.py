@@ -11,7 +11,11 @@ from omegaconf import OmegaConf
 
 from transferdet.config.schema import DatasetConfig, PartitionMode
 from transferdet.data.convert import (
-    fingerprint, partition_random, partition_sequence, save_npz_deterministic, write_converted,
+    fingerprint,
+    partition_random,
+    partition_sequence,
+    save_npz_deterministic,
+    write_converted,
 )
 from transferdet.data.converted import ConvertedDataset
 from transferdet.data.kitti import read_label_file, scan_dataset
@@ -89,8 +93,9 @@ def test_fingerprint_follows_the_settings(tmp_path):
     b = dataset_config(tmp_path)
     b.target_class_mapping["van"] = "car"
     assert fingerprint(a) != fingerprint(b)
-    assert fingerprint(a) != fingerprint(dataset_config(tmp_path, partition_mode=PartitionMode.sequence,
-                                                        kitti_sequence_to_frames_file="s.json"))
+    assert fingerprint(a) != fingerprint(
+        dataset_config(tmp_path, partition_mode=PartitionMode.sequence, kitti_sequence_to_frames_file="s.json")
+    )
 
 
 def test_tampered_shard_is_detected(synth_root, tmp_path):

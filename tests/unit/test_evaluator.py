@@ -97,8 +97,9 @@ def test_class_without_ground_truth_has_no_ap_and_is_left_out_of_the_mean():
 
 def test_iou_threshold_is_per_class():
     shifted = (10, 10, 40, 40)  # IoU 0.75 with a 40x30 box of which it covers 30x30: 900/1200 = 0.75
-    r = Evaluator(CLASSES, config()).evaluate([gt((10, 10, 50, 40, 0), (10, 10, 50, 40, 1))],
-                                              [det((*shifted, 0, 0.9), (*shifted, 1, 0.9))])
+    r = Evaluator(CLASSES, config()).evaluate(
+        [gt((10, 10, 50, 40, 0), (10, 10, 50, 40, 1))], [det((*shifted, 0, 0.9), (*shifted, 1, 0.9))]
+    )
     assert r.ap("car") == pytest.approx(1.0) and r.ap("pedestrian") == pytest.approx(1.0)
     tight = config()
     tight.minimum_detection_ground_truth_overlap = {"car": 0.8, "pedestrian": 0.5}
@@ -107,8 +108,12 @@ def test_iou_threshold_is_per_class():
 
 
 def test_kitti_levels_turn_harder_objects_into_ignore_boxes():
-    g = GroundTruth(np.array([[10, 10, 60, 60], [100, 10, 130, 40]], float), np.array([0, 0]),
-                    truncated=np.zeros(2), occluded=np.array([0, 2]))
+    g = GroundTruth(
+        np.array([[10, 10, 60, 60], [100, 10, 130, 40]], float),
+        np.array([0, 0]),
+        truncated=np.zeros(2),
+        occluded=np.array([0, 2]),
+    )
     d = Detections(np.array([[10, 10, 60, 60], [100, 10, 130, 40]], float), np.array([0, 0]), np.array([0.9, 0.8]))
     cfg = config()
     cfg.kitti_difficulty = True
@@ -192,7 +197,7 @@ def test_agrees_with_textbook_voc_on_random_sets(seed, mode):
         m = rng.integers(0, 4)
         rxy = rng.uniform(0, 300, (m, 2))
         rand = np.concatenate([rxy, rxy + rng.uniform(8, 80, (m, 2))], 1)
-        dup = near[: 1] + 2 if len(near) else np.zeros((0, 4))
+        dup = near[:1] + 2 if len(near) else np.zeros((0, 4))
         all_boxes = np.concatenate([near, rand, dup])
         all_cls = np.concatenate([near_cls, rng.integers(0, 2, m), near_cls[:1]])
         dets.append(Detections(all_boxes, all_cls, np.round(rng.random(len(all_boxes)), 2)))  # ties happen

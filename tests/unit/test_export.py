@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from transferdet.config.schema import (
-    ClusteringConfig, PostprocessingClassConfig, PostprocessingConfig,
+    ClusteringConfig,
+    PostprocessingClassConfig,
+    PostprocessingConfig,
 )
 from transferdet.export.deepstream import write_deepstream
 from transferdet.export.onnx_export import INPUT_NAME, OUTPUT_NAMES, deployable, export_onnx
@@ -73,8 +75,11 @@ def test_int8_qdq_model_runs_and_its_ranges_make_a_valid_tensorrt_cache(onnx_fp3
     ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
-    zero_points = [inits[n.input[2]] for n in graph.node
-                   if n.op_type == "QuantizeLinear" and n.input[0] not in inits and len(n.input) > 2]
+    zero_points = [
+        inits[n.input[2]]
+        for n in graph.node
+        if n.op_type == "QuantizeLinear" and n.input[0] not in inits and len(n.input) > 2
+    ]
     assert zero_points and {z.dtype for z in zero_points} == {np.dtype(activations)}
     if activations == "int8":  # symmetric: TensorRT explicit quantization
         assert all(int(z) == 0 for z in zero_points)
@@ -103,7 +108,10 @@ def test_uint8_model_is_operator_format_and_computes_what_the_qdq_model_does(onn
     qdq = quantize_int8(onnx_fp32, tmp_path / "qdq.onnx", images, "minmax", 8, "uint8", "qdq")
     ops = {n.op_type for n in onnx.load(str(qop)).graph.node}
     assert {"QLinearConv", "QLinearAdd"} <= ops and "Conv" not in ops and "Add" not in ops
-    run = lambda m: ort.InferenceSession(str(m), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: images[:4]})
+
+    def run(m):
+        return ort.InferenceSession(str(m), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: images[:4]})
+
     (cov_op, bbox_op), (cov_dq, bbox_dq) = run(qop), run(qdq)
     cov_fp = run(onnx_fp32)[0]
     # both are 8-bit approximations of the fp32 model, the operator format no worse than QDQ
@@ -115,12 +123,14 @@ def test_uint8_model_is_operator_format_and_computes_what_the_qdq_model_does(onn
 
 
 def test_deepstream_config_parses_and_names_existing_files(onnx_fp32, tmp_path):
-    post = PostprocessingConfig(target_class_config={c: PostprocessingClassConfig(ClusteringConfig())
-                                                     for c in ("car", "pedestrian")})
+    post = PostprocessingConfig(
+        target_class_config={c: PostprocessingClassConfig(ClusteringConfig()) for c in ("car", "pedestrian")}
+    )
     model = tmp_path / "model_fp32.onnx"
     model.write_bytes(onnx_fp32.read_bytes())
-    config, labels = write_deepstream(tmp_path, onnx_file=model, classes=["car", "pedestrian"], width=W, height=H,
-                                      data_type="fp32", post=post)
+    config, labels = write_deepstream(
+        tmp_path, onnx_file=model, classes=["car", "pedestrian"], width=W, height=H, data_type="fp32", post=post
+    )
     ini = configparser.ConfigParser()
     ini.read(config)
     p = ini["property"]
@@ -135,6 +145,7 @@ def test_deepstream_config_parses_and_names_existing_files(onnx_fp32, tmp_path):
 def test_engine_build_says_what_to_install_without_tensorrt(onnx_fp32, tmp_path):
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
-    note = build_engine(onnx_fp32, tmp_path / "model.engine", data_type="fp16", height=H, width=W, max_batch_size=4,
-                        workspace=1 << 30)
+    note = build_engine(
+        onnx_fp32, tmp_path / "model.engine", data_type="fp16", height=H, width=W, max_batch_size=4, workspace=1 << 30
+    )
     assert "TensorRT is not installed" in note and "trtexec" in note and not (tmp_path / "model.engine").exists()

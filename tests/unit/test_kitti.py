@@ -9,7 +9,13 @@ import pytest
 from PIL import Image
 
 from transferdet.data.kitti import (
-    KittiObject, check_box, find_files, format_label_line, read_label_file, scan_dataset, write_label_file,
+    KittiObject,
+    check_box,
+    find_files,
+    format_label_line,
+    read_label_file,
+    scan_dataset,
+    write_label_file,
 )
 from transferdet.errors import DataError
 
@@ -28,23 +34,41 @@ def test_reads_the_15_kitti_fields(tmp_path):
 
 
 def test_write_then_read_round_trip(tmp_path):
-    objs = [KittiObject("car", 1.5, 2.25, 30.0, 40.75, truncated=0.3, occluded=1, alpha=0.1,
-                        dimensions=(1.5, 1.6, 4.0), location=(1.0, 1.65, 20.0), rotation_y=-1.5),
-            KittiObject("pedestrian", 5, 6, 7, 8, score=0.875)]
+    objs = [
+        KittiObject(
+            "car",
+            1.5,
+            2.25,
+            30.0,
+            40.75,
+            truncated=0.3,
+            occluded=1,
+            alpha=0.1,
+            dimensions=(1.5, 1.6, 4.0),
+            location=(1.0, 1.65, 20.0),
+            rotation_y=-1.5,
+        ),
+        KittiObject("pedestrian", 5, 6, 7, 8, score=0.875),
+    ]
     p = tmp_path / "x.txt"
     write_label_file(p, objs)
     back = read_label_file(p, allow_score=True)
     assert [(o.cls, o.x1, o.y1, o.x2, o.y2, o.score) for o in back] == [
-        ("car", 1.5, 2.25, 30.0, 40.75, None), ("pedestrian", 5, 6, 7, 8, 0.875)]
+        ("car", 1.5, 2.25, 30.0, 40.75, None),
+        ("pedestrian", 5, 6, 7, 8, 0.875),
+    ]
     assert format_label_line(back[0]).split()[1:4] == ["0.30", "1", "0.10"]
 
 
-@pytest.mark.parametrize("line,fragment", [
-    (LINE.rsplit(" ", 1)[0], "14 fields, expected 15"),
-    (LINE + " 0.9", "16 fields: a 16th field (confidence score) marks a prediction file"),
-    (LINE.replace("587.01", "abc"), "field 5 (x1) is 'abc', expected a number"),
-    (LINE.replace("46.70", "nan"), "field 14 (z) is 'nan', expected a finite number"),
-])
+@pytest.mark.parametrize(
+    "line,fragment",
+    [
+        (LINE.rsplit(" ", 1)[0], "14 fields, expected 15"),
+        (LINE + " 0.9", "16 fields: a 16th field (confidence score) marks a prediction file"),
+        (LINE.replace("587.01", "abc"), "field 5 (x1) is 'abc', expected a number"),
+        (LINE.replace("46.70", "nan"), "field 14 (z) is 'nan', expected a finite number"),
+    ],
+)
 def test_bad_label_lines_name_file_and_line(tmp_path, line, fragment):
     p = tmp_path / "000007.txt"
     p.write_text(LINE + "\n" + line + "\n")
@@ -83,7 +107,8 @@ def test_scan_counts_warnings_and_keeps_valid_objects(tmp_path):
     _image(tmp_path / "image_2" / "b.png")
     (tmp_path / "label_2").mkdir()
     (tmp_path / "label_2" / "a.txt").write_text(
-        "car 0 0 0 1 1 10 10 0 0 0 0 0 0 0\ncar 0 0 0 10 1 5 10 0 0 0 0 0 0 0\ncar 0 0 0 60 1 70 10 0 0 0 0 0 0 0\n")
+        "car 0 0 0 1 1 10 10 0 0 0 0 0 0 0\ncar 0 0 0 10 1 5 10 0 0 0 0 0 0 0\ncar 0 0 0 60 1 70 10 0 0 0 0 0 0 0\n"
+    )
     records, warnings = scan_dataset(tmp_path, progress=False)
     assert [r.id for r in records] == ["a", "b"]
     assert [(o.x1, o.x2) for o in records[0].objects] == [(1, 10), (60, 64)]

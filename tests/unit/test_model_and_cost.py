@@ -11,7 +11,12 @@ import torchvision
 
 from tests.conftest import compose_task
 from transferdet.config.schema import (
-    CostClassConfig, CostConfig, RasterizerClassConfig, RasterizerConfig, RegularizerConfig, RegularizerType,
+    CostClassConfig,
+    CostConfig,
+    RasterizerClassConfig,
+    RasterizerConfig,
+    RegularizerConfig,
+    RegularizerType,
     SoftStartAnnealingScheduleConfig,
 )
 from transferdet.losses.cost import DetectNetCost, regularization
@@ -47,8 +52,10 @@ def test_torchvision_resnet18_state_dict_fills_every_backbone_tensor(tmp_path):
     report = load_pretrained(model, path, CLASSES)
     backbone = {k for k in model.state_dict() if k.startswith("backbone.")}
     assert set(report.loaded) == backbone
-    assert report.skipped == ["backbone.fc.bias", "backbone.fc.weight"] or \
-        sorted(report.skipped) == ["backbone.fc.bias", "backbone.fc.weight"]
+    assert report.skipped == ["backbone.fc.bias", "backbone.fc.weight"] or sorted(report.skipped) == [
+        "backbone.fc.bias",
+        "backbone.fc.weight",
+    ]
     for k, v in reference.state_dict().items():
         if not k.startswith("fc."):
             assert torch.equal(model.state_dict()[f"backbone.{k}"], v)
@@ -65,9 +72,12 @@ def test_shape_mismatch_is_reported_not_loaded(tmp_path):
 
 def _targets(boxes, classes, batch=1, w=128, h=64):
     cfg = RasterizerConfig(target_class_config={c: RasterizerClassConfig() for c in CLASSES})
-    return Rasterizer(CLASSES, cfg, width=w, height=h)(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                                                      torch.tensor(classes, dtype=torch.long),
-                                                      torch.zeros(len(classes), dtype=torch.long), batch)
+    return Rasterizer(CLASSES, cfg, width=w, height=h)(
+        torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        torch.tensor(classes, dtype=torch.long),
+        torch.zeros(len(classes), dtype=torch.long),
+        batch,
+    )
 
 
 def _cost(**kw) -> DetectNetCost:
@@ -103,8 +113,9 @@ def test_distillation_cost_is_least_at_the_teacher_and_weighs_boxes_by_its_cover
     assert cost.distillation((teacher_cov + 0.3).clamp(0, 1), teacher_bbox, teacher_cov, teacher_bbox) > at_teacher
     # a box error costs nothing where the teacher sees no object, and costs where it does
     off = teacher_bbox + 1.0
-    assert cost.distillation(teacher_cov, off, torch.zeros_like(teacher_cov), teacher_bbox) == \
-        cost.distillation(teacher_cov, teacher_bbox, torch.zeros_like(teacher_cov), teacher_bbox)
+    assert cost.distillation(teacher_cov, off, torch.zeros_like(teacher_cov), teacher_bbox) == cost.distillation(
+        teacher_cov, teacher_bbox, torch.zeros_like(teacher_cov), teacher_bbox
+    )
     assert cost.distillation(teacher_cov, off, teacher_cov, teacher_bbox) > at_teacher
 
 
@@ -134,8 +145,9 @@ def test_regularizers():
 
 @pytest.mark.parametrize("p,t", [(0.0, 0.0), (0.05, 0.5), (0.1, 1.0), (0.5, 1.0), (0.85, 0.5), (1.0, 0.0)])
 def test_lr_schedule_matches_the_formula(p, t):
-    cfg = SoftStartAnnealingScheduleConfig(min_learning_rate=5e-6, max_learning_rate=5e-4, soft_start=0.1,
-                                           annealing=0.7)
+    cfg = SoftStartAnnealingScheduleConfig(
+        min_learning_rate=5e-6, max_learning_rate=5e-4, soft_start=0.1, annealing=0.7
+    )
     expected = math.exp(math.log(5e-6) + t * (math.log(5e-4) - math.log(5e-6)))
     assert soft_start_annealing(p, cfg) == pytest.approx(expected, rel=1e-12)
 
@@ -144,8 +156,11 @@ def test_freeze_blocks_leave_frozen_weights_bit_identical_after_a_step():
     cfg = compose_task("train", ["model=resnet10", "model.freeze_blocks=[0,1,2]", "model.freeze_bn=true"])
     module = build_module(cfg, CLASSES)
     module.train()
-    frozen = {k: v.clone() for k, v in module.model.state_dict().items()
-              if k.startswith(("backbone.conv1.", "backbone.layer1.", "backbone.layer2.")) and "conv" in k}
+    frozen = {
+        k: v.clone()
+        for k, v in module.model.state_dict().items()
+        if k.startswith(("backbone.conv1.", "backbone.layer1.", "backbone.layer2.")) and "conv" in k
+    }
     running = module.model.backbone.bn1.running_mean.clone()
     trainable = module.model.backbone.layer4[0].conv1.weight.clone()
     opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-2)
@@ -164,8 +179,15 @@ def test_non_finite_loss_stops_training_with_a_clear_message():
 
     module = build_module(compose_task("train", ["model=resnet10"]), CLASSES)
     images = torch.full((2, 3, 128, 384), float("nan"))
-    batch = Batch(images, torch.tensor([[5.0, 5, 40, 40]]), torch.tensor([0]), torch.tensor([0]), torch.zeros(1),
-                  torch.zeros(1, dtype=torch.long), torch.arange(2))
+    batch = Batch(
+        images,
+        torch.tensor([[5.0, 5, 40, 40]]),
+        torch.tensor([0]),
+        torch.tensor([0]),
+        torch.zeros(1),
+        torch.zeros(1, dtype=torch.long),
+        torch.arange(2),
+    )
     with pytest.raises(TrainingDiverged, match="the loss became nan at epoch 1.*max_learning_rate"):
         module.training_step(batch, 0)
 
@@ -178,14 +200,21 @@ def test_training_precision_and_cost_scaling_map_onto_lightning():
     assert precision_plugins(compose_task("train"), "cpu")[0] == "32-true"
     bf16 = compose_task("train", ["training.training_precision.backend_floatx=BFLOAT16"])
     assert precision_plugins(bf16, "cpu")[0] == "bf16-mixed"
-    fp16 = compose_task("train", ["training.training_precision.backend_floatx=FLOAT16", "training.cost_scaling.enabled=true",
-                                  "training.cost_scaling.initial_exponent=10", "training.cost_scaling.increment=0.5",
-                                  "training.cost_scaling.decrement=2"])
+    fp16 = compose_task(
+        "train",
+        [
+            "training.training_precision.backend_floatx=FLOAT16",
+            "training.cost_scaling.enabled=true",
+            "training.cost_scaling.initial_exponent=10",
+            "training.cost_scaling.increment=0.5",
+            "training.cost_scaling.decrement=2",
+        ],
+    )
     precision, plugins = precision_plugins(fp16, "cpu")
     (mixed,) = [p for p in plugins if isinstance(p, MixedPrecision)]
     scaler = mixed.scaler
     assert precision is None and mixed.precision == "16-mixed"
-    assert scaler.get_scale() == 2.0 ** 10 and scaler.get_growth_factor() == pytest.approx(2 ** 0.5)
+    assert scaler.get_scale() == 2.0**10 and scaler.get_growth_factor() == pytest.approx(2**0.5)
     assert scaler.get_backoff_factor() == pytest.approx(0.25) and scaler.get_growth_interval() == 1
 
 

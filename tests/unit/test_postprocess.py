@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 from transferdet.config.schema import (
-    ClusteringAlgorithm, ClusteringConfig, ConfidenceModel, PostprocessingClassConfig, PostprocessingConfig,
+    ClusteringAlgorithm,
+    ClusteringConfig,
+    ConfidenceModel,
+    PostprocessingClassConfig,
+    PostprocessingConfig,
 )
 from transferdet.postprocess import Postprocessor, decode_boxes
 
@@ -32,8 +36,12 @@ def maps(rng, boxes=(A, B), noise_cells=12):
     for box in boxes:
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         rx, ry = (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
-        cells = [(i, j) for i in range(H // STRIDE) for j in range(W // STRIDE)
-                 if (((j + 0.5) * STRIDE - cx) / rx) ** 2 + (((i + 0.5) * STRIDE - cy) / ry) ** 2 < 0.8]
+        cells = [
+            (i, j)
+            for i in range(H // STRIDE)
+            for j in range(W // STRIDE)
+            if (((j + 0.5) * STRIDE - cx) / rx) ** 2 + (((i + 0.5) * STRIDE - cy) / ry) ** 2 < 0.8
+        ]
         targets = encode(box, cells) + rng.normal(0, 0.3 / SCALE, (len(cells), 4))  # +-0.3 px of noise
         for (i, j), t in zip(cells, targets):
             cov[0, 0, i, j] = rng.uniform(0.5, 0.95)
@@ -46,8 +54,9 @@ def maps(rng, boxes=(A, B), noise_cells=12):
 
 
 def postprocessor(algorithm: str, **kw) -> Postprocessor:
-    cc = ClusteringConfig(clustering_algorithm=ClusteringAlgorithm[algorithm], dbscan_eps=0.3,
-                          dbscan_min_samples=0.05, **kw)
+    cc = ClusteringConfig(
+        clustering_algorithm=ClusteringAlgorithm[algorithm], dbscan_eps=0.3, dbscan_min_samples=0.05, **kw
+    )
     cfg = PostprocessingConfig(target_class_config={"car": PostprocessingClassConfig(cc)})
     return Postprocessor(["car"], cfg, width=W, height=H, stride=STRIDE, bbox_scale=SCALE, bbox_offset=OFFSET)
 
@@ -116,7 +125,8 @@ def _sklearn_dbscan(g):
     from transferdet.boxes import iou_matrix
 
     model = DBSCAN(eps=g.cfg.dbscan_eps, min_samples=1, metric="precomputed").fit(
-        1.0 - iou_matrix(g.boxes, g.boxes), sample_weight=g.cov / g.cfg.dbscan_min_samples * (1 + 1e-9))
+        1.0 - iou_matrix(g.boxes, g.boxes), sample_weight=g.cov / g.cfg.dbscan_min_samples * (1 + 1e-9)
+    )
     core = np.zeros(len(g.boxes), bool)
     core[model.core_sample_indices_] = True
     return model.labels_, core
@@ -133,8 +143,16 @@ def _random_groups(rng, count=5, spread=6.0):
         size = rng.uniform(20, 60, (n, 2))
         boxes = np.concatenate([base, base + size], 1)
         cov = rng.choice([0.006, 0.02, 0.3, 0.8], n, p=[0.5, 0.2, 0.2, 0.1])  # many weak, noise-like candidates
-        groups.append(Group(boxes, cov, ClusteringConfig(dbscan_eps=float(rng.choice([0.1, 0.2, 0.4])),
-                                                         dbscan_min_samples=float(rng.choice([0.05, 0.5, 1.0])))))
+        groups.append(
+            Group(
+                boxes,
+                cov,
+                ClusteringConfig(
+                    dbscan_eps=float(rng.choice([0.1, 0.2, 0.4])),
+                    dbscan_min_samples=float(rng.choice([0.05, 0.5, 1.0])),
+                ),
+            )
+        )
     return groups
 
 
@@ -170,7 +188,7 @@ def test_dbscan_coverage_sum_equal_to_the_minimum_reaches_it_in_any_order():
     cov = np.array([0.1, 0.2, 0.3, 0.6])
     for order in ([0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2]):
         g = Group(boxes[order], cov[order], ClusteringConfig(dbscan_eps=0.3, dbscan_min_samples=0.6))
-        labels, = dbscan_labels([g])
+        (labels,) = dbscan_labels([g])
         np.testing.assert_array_equal(labels, _sklearn_dbscan(g)[0])
         lone = order.index(3)
         overlapping = np.delete(labels, lone)
@@ -189,7 +207,7 @@ def test_dbscan_border_point_between_two_clusters_joins_the_first_numbered():
     for names in (["border", "b0", "b1", "b2", "a0", "a1", "a2"], ["a2", "border", "b1", "a0", "b0", "b2", "a1"]):
         boxes = np.array([[x[k], 0, x[k] + 100, 50] for k in names])
         g = Group(boxes, np.array([cov[k] for k in names]), ClusteringConfig(dbscan_eps=0.2, dbscan_min_samples=1.0))
-        labels, = dbscan_labels([g])
+        (labels,) = dbscan_labels([g])
         ref, core = _sklearn_dbscan(g)
         np.testing.assert_array_equal(labels, ref)
         at = {k: labels[i] for i, k in enumerate(names)}

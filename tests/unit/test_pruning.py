@@ -12,7 +12,13 @@ from transferdet.config.schema import EqualizationCriterion, Normalizer, Pruning
 from transferdet.export.onnx_export import export_onnx
 from transferdet.models import build_detector
 from transferdet.pruning.pruner import (
-    apply_channel_plan, channel_plan, equalize, kept_indices, normalize, prune, prune_to_ratio,
+    apply_channel_plan,
+    channel_plan,
+    equalize,
+    kept_indices,
+    normalize,
+    prune,
+    prune_to_ratio,
 )
 
 H, W = 64, 128
@@ -39,7 +45,9 @@ def test_pruned_model_runs_exports_and_counts_right(depth, threshold, tmp_path):
     cov, bbox = m(torch.rand(2, 3, H, W))
     assert cov.shape == (2, 3, 4, 8) and bbox.shape == (2, 12, 4, 8)
     path = export_onnx(m, tmp_path / "pruned.onnx", H, W)
-    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input_1": np.zeros((1, 3, H, W), np.float32)})
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"input_1": np.zeros((1, 3, H, W), np.float32)}
+    )
     assert out[0].shape == (1, 3, 4, 8)
 
 
@@ -83,16 +91,20 @@ def test_equalised_indices_are_the_same_in_a_crafted_model():
             m.backbone.layer1[0].conv2.weight.mul_(0).add_(scale.flip(0).view(-1, 1, 1, 1))
         cfg = PruningConfig(pruning_threshold=0.6, equalization_criterion=criterion, min_num_filters=8)
         prune(m, cfg, H, W)
-        results[criterion] = (m.backbone.conv1.out_channels, m.backbone.layer1[0].conv2.out_channels,
-                              m.backbone.layer1[0].conv1.in_channels)
+        results[criterion] = (
+            m.backbone.conv1.out_channels,
+            m.backbone.layer1[0].conv2.out_channels,
+            m.backbone.layer1[0].conv1.in_channels,
+        )
         assert len(set(results[criterion])) == 1
     assert results[EqualizationCriterion.union][0] > results[EqualizationCriterion.intersection][0]
 
 
 def test_granularity_min_filters_and_excluded_layers():
     m = trained_like(18)
-    cfg = PruningConfig(pruning_threshold=0.9, pruning_granularity=8, min_num_filters=16,
-                        excluded_layers=["backbone.layer3.0.conv1"])
+    cfg = PruningConfig(
+        pruning_threshold=0.9, pruning_granularity=8, min_num_filters=16, excluded_layers=["backbone.layer3.0.conv1"]
+    )
     report = prune(m, cfg, H, W)
     for layer in report.layers:
         assert layer.kept % 8 == 0 or layer.kept == layer.total

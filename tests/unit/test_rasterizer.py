@@ -14,8 +14,13 @@ CLASSES = ["car", "pedestrian"]
 
 
 def rasterizer(**kw) -> Rasterizer:
-    cfg = RasterizerConfig(target_class_config={"car": RasterizerClassConfig(cov_radius_x=0.4, cov_radius_y=0.4),
-                                                "pedestrian": RasterizerClassConfig()}, **kw)
+    cfg = RasterizerConfig(
+        target_class_config={
+            "car": RasterizerClassConfig(cov_radius_x=0.4, cov_radius_y=0.4),
+            "pedestrian": RasterizerClassConfig(),
+        },
+        **kw,
+    )
     return Rasterizer(CLASSES, cfg, width=W, height=H)
 
 
@@ -35,8 +40,12 @@ def test_round_trip_recovers_isolated_boxes_within_half_a_pixel():
         # the cells that belong to this box (others belong to the other box of the class)
         near = np.zeros_like(cells)
         jj, ii = np.meshgrid(np.arange(24), np.arange(8))
-        near |= ((jj + 0.5) * 16 >= x1 - 16) & ((jj + 0.5) * 16 <= x2 + 16) & \
-                ((ii + 0.5) * 16 >= y1 - 16) & ((ii + 0.5) * 16 <= y2 + 16)
+        near |= (
+            ((jj + 0.5) * 16 >= x1 - 16)
+            & ((jj + 0.5) * 16 <= x2 + 16)
+            & ((ii + 0.5) * 16 >= y1 - 16)
+            & ((ii + 0.5) * 16 <= y2 + 16)
+        )
         sel = cells & near
         assert sel.sum() >= 1
         got = decoded[0, k][:, sel].T

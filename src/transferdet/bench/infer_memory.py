@@ -23,9 +23,11 @@ from pathlib import Path
 def _peak_rss_mib(args: list[str]) -> tuple[float, float]:
     """Peak RSS (MiB) and wall seconds of one command, read by a fresh wrapper process so that
     RUSAGE_CHILDREN holds that command alone."""
-    wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-               "rc = subprocess.run(sys.argv[1:]).returncode; "
-               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, time.perf_counter() - t, rc)")
+    wrapper = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        "rc = subprocess.run(sys.argv[1:]).returncode; "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, time.perf_counter() - t, rc)"
+    )
     out = subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True, text=True, check=True)
     rss_kib, seconds, rc = out.stdout.strip().splitlines()[-1].split()
     if int(rc) != 0:
@@ -84,14 +86,20 @@ def main() -> None:
             start = time.perf_counter()
             rss, seconds = _peak_rss_mib([*base, f"input={source}", f"hydra.run.dir={tmp / 'runs' / name}"])
             rows[name] = {"peak_rss_mib": rss, "seconds": seconds}
-            print(f"{name:>22}: peak RSS {rss:8.1f} MiB, {seconds:6.1f} s ({time.perf_counter() - start:.1f} s)",
-                  flush=True)
-    result = {"rows": rows,
-              "ratio_folder": rows[f"folder_{a.large}"]["peak_rss_mib"] / rows[f"folder_{a.small}"]["peak_rss_mib"],
-              "ratio_video": rows[f"video_{a.frames[1]}_frames"]["peak_rss_mib"]
-              / rows[f"video_{a.frames[0]}_frames"]["peak_rss_mib"]}
-    print(f"peak RSS ratio, {a.large} vs {a.small} images: {result['ratio_folder']:.3f}; "
-          f"{a.frames[1]} vs {a.frames[0]} video frames: {result['ratio_video']:.3f}")
+            print(
+                f"{name:>22}: peak RSS {rss:8.1f} MiB, {seconds:6.1f} s ({time.perf_counter() - start:.1f} s)",
+                flush=True,
+            )
+    result = {
+        "rows": rows,
+        "ratio_folder": rows[f"folder_{a.large}"]["peak_rss_mib"] / rows[f"folder_{a.small}"]["peak_rss_mib"],
+        "ratio_video": rows[f"video_{a.frames[1]}_frames"]["peak_rss_mib"]
+        / rows[f"video_{a.frames[0]}_frames"]["peak_rss_mib"],
+    }
+    print(
+        f"peak RSS ratio, {a.large} vs {a.small} images: {result['ratio_folder']:.3f}; "
+        f"{a.frames[1]} vs {a.frames[0]} video frames: {result['ratio_video']:.3f}"
+    )
     if a.out:
         a.out.write_text(json.dumps(result, indent=2) + "\n")
 

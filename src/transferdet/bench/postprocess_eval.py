@@ -21,7 +21,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from transferdet.config.schema import (  # noqa: E402
-    ClusteringConfig, EvaluationConfig, PostprocessingClassConfig, PostprocessingConfig,
+    ClusteringConfig,
+    EvaluationConfig,
+    PostprocessingClassConfig,
+    PostprocessingConfig,
 )
 from transferdet.evaluation import Evaluator  # noqa: E402
 from transferdet.evaluation.coco import coco_map  # noqa: E402
@@ -32,8 +35,9 @@ CLASSES = ["car", "pedestrian", "cyclist"]
 W, H, S = 1248, 384, 16
 
 
-def network_outputs(rng: np.random.Generator, n: int, background_rate: float = 0.04
-                    ) -> tuple[np.ndarray, np.ndarray, int]:
+def network_outputs(
+    rng: np.random.Generator, n: int, background_rate: float = 0.04
+) -> tuple[np.ndarray, np.ndarray, int]:
     gh, gw = H // S, W // S
     cov = np.zeros((n, 3, gh, gw), np.float32)
     background = rng.random(cov.shape) < background_rate
@@ -60,17 +64,19 @@ def bench_postprocess(images: int = 200, background_rate: float = 0.04) -> dict:
     times = []
     for i in range(images):
         t = time.perf_counter()
-        post(cov[i:i + 1], bbox[i:i + 1])
+        post(cov[i : i + 1], bbox[i : i + 1])
         times.append(time.perf_counter() - t)
     t = time.perf_counter()
     for i in range(0, images, 16):  # batches of 16, as validation, evaluate and infer call it
-        post(cov[i:i + 16], bbox[i:i + 16])
+        post(cov[i : i + 16], bbox[i : i + 16])
     batched = (time.perf_counter() - t) / images
     tag = f"postprocess_bg{100 * background_rate:g}pct"
-    return {f"{tag}/ms_per_image_p50": 1e3 * float(np.median(times)),
-            f"{tag}/ms_per_image_p90": 1e3 * float(np.percentile(times, 90)),
-            f"{tag}/ms_per_image_batch16": 1e3 * batched,
-            f"{tag}/candidates_per_image": candidates / images}
+    return {
+        f"{tag}/ms_per_image_p50": 1e3 * float(np.median(times)),
+        f"{tag}/ms_per_image_p90": 1e3 * float(np.percentile(times, 90)),
+        f"{tag}/ms_per_image_batch16": 1e3 * batched,
+        f"{tag}/candidates_per_image": candidates / images,
+    }
 
 
 def evaluation_data(rng: np.random.Generator, n: int) -> tuple[list[GroundTruth], list[Detections]]:
@@ -83,8 +89,12 @@ def evaluation_data(rng: np.random.Generator, n: int) -> tuple[list[GroundTruth]
         cls = rng.integers(-1, 3, m)  # some dontcare
         gts.append(GroundTruth(boxes, cls, truncated=rng.uniform(0, 0.6, m), occluded=rng.integers(0, 3, m)))
         hit = (rng.random(m) < 0.8) & (cls >= 0)
-        d = np.concatenate([boxes[hit] + rng.normal(0, 4, (int(hit.sum()), 4)),
-                            np.concatenate([q := rng.uniform(0, [W - 100, H - 100], (3, 2)), q + 40], 1)])
+        d = np.concatenate(
+            [
+                boxes[hit] + rng.normal(0, 4, (int(hit.sum()), 4)),
+                np.concatenate([q := rng.uniform(0, [W - 100, H - 100], (3, 2)), q + 40], 1),
+            ]
+        )
         dets.append(Detections(d, np.concatenate([cls[hit], rng.integers(0, 3, 3)]), rng.random(len(d))))
     return gts, dets
 
@@ -98,8 +108,12 @@ def bench_evaluation(images: int = 7500) -> dict:
     t = time.perf_counter()
     coco_map(gts, dets, CLASSES)
     coco = time.perf_counter() - t
-    return {"evaluation/images": images, "evaluation/seconds_voc_kitti_size": voc, "evaluation/seconds_coco": coco,
-            "evaluation/mAP": result.mean_ap()}
+    return {
+        "evaluation/images": images,
+        "evaluation/seconds_voc_kitti_size": voc,
+        "evaluation/seconds_coco": coco,
+        "evaluation/mAP": result.mean_ap(),
+    }
 
 
 def main() -> None:
@@ -107,8 +121,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=7500, help="images in the evaluation benchmark")
     parser.add_argument("--out", default="bench_postprocess_eval.json")
     args = parser.parse_args()
-    results = {**bench_postprocess(background_rate=0.01), **bench_postprocess(background_rate=0.04),
-               **bench_evaluation(args.images)}
+    results = {
+        **bench_postprocess(background_rate=0.01),
+        **bench_postprocess(background_rate=0.04),
+        **bench_evaluation(args.images),
+    }
     width = max(map(len, results))
     for k, v in results.items():
         print(f"{k:<{width}}  {v:10.3f}")

@@ -35,8 +35,14 @@ def _module(width: int, height: int, depth: int):
 
     register_configs()
     with initialize_config_module("transferdet.conf", version_base="1.3"):
-        cfg = compose("train", [f"model=resnet{depth}", f"augmentation.preprocessing.output_image_width={width}",
-                                f"augmentation.preprocessing.output_image_height={height}"])
+        cfg = compose(
+            "train",
+            [
+                f"model=resnet{depth}",
+                f"augmentation.preprocessing.output_image_width={width}",
+                f"augmentation.preprocessing.output_image_height={height}",
+            ],
+        )
     return cfg, build_module(cfg, CLASSES)
 
 
@@ -57,20 +63,30 @@ def measure(width: int, height: int, depth: int, batch_size: int, steps: int, wo
 
     root = work / f"ds_{width}x{height}"
     if not root.exists():
-        generate(SynthConfig(num_images=batch_size * (steps + 2) + 8, image_width=width, image_height=height,
-                             class_frequencies={"car": 0.68, "pedestrian": 0.22, "cyclist": 0.10}), root,
-                 progress=False)
+        generate(
+            SynthConfig(
+                num_images=batch_size * (steps + 2) + 8,
+                image_width=width,
+                image_height=height,
+                class_frequencies={"car": 0.68, "pedestrian": 0.22, "cyclist": 0.10},
+            ),
+            root,
+            progress=False,
+        )
         cfg, _ = _module(width, height, depth)
         d = OmegaConf.to_object(OmegaConf.merge(cfg.dataset, {"root": str(root), "val_split": 5}))
         records, warnings = scan_dataset(root, progress=False)
         (root / "converted").mkdir()
-        write_json_atomic(root / "converted" / "manifest.json",
-                          write_converted(root / "converted", records, warnings, d, progress=False))
+        write_json_atomic(
+            root / "converted" / "manifest.json",
+            write_converted(root / "converted", records, warnings, d, progress=False),
+        )
     cfg, module = _module(width, height, depth)
     module.train()
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-4)
-    dm = DetectionDataModule(root / "converted", module.aug, batch_size=batch_size, eval_batch_size=batch_size,
-                             num_workers=workers, seed=0)
+    dm = DetectionDataModule(
+        root / "converted", module.aug, batch_size=batch_size, eval_batch_size=batch_size, num_workers=workers, seed=0
+    )
     dm.setup()
     loader = iter(dm.train_dataloader())
     first = next(loader)
@@ -83,8 +99,13 @@ def measure(width: int, height: int, depth: int, batch_size: int, steps: int, wo
     for _ in range(steps):
         _step(module, optimizer, first)
     model_only = steps * batch_size / (time.perf_counter() - t)
-    return {"resolution": f"{width}x{height}", "workers": workers, "images_per_s_with_loader": with_loader,
-            "images_per_s_model_only": model_only, "ratio": with_loader / model_only}
+    return {
+        "resolution": f"{width}x{height}",
+        "workers": workers,
+        "images_per_s_with_loader": with_loader,
+        "images_per_s_model_only": model_only,
+        "ratio": with_loader / model_only,
+    }
 
 
 def main() -> None:
@@ -101,11 +122,15 @@ def main() -> None:
             for workers in args.workers:
                 rows.append(measure(width, height, args.depth, args.batch_size, args.steps, workers, Path(tmp)))
                 r = rows[-1]
-                print(f"resnet{args.depth} {r['resolution']:>9} workers={workers}: "
-                      f"{r['images_per_s_with_loader']:7.2f} img/s with loader, "
-                      f"{r['images_per_s_model_only']:7.2f} img/s model only, ratio {r['ratio']:.3f}", flush=True)
-    Path(args.out).write_text(json.dumps({"depth": args.depth, "batch_size": args.batch_size, "rows": rows},
-                                         indent=2) + "\n")
+                print(
+                    f"resnet{args.depth} {r['resolution']:>9} workers={workers}: "
+                    f"{r['images_per_s_with_loader']:7.2f} img/s with loader, "
+                    f"{r['images_per_s_model_only']:7.2f} img/s model only, ratio {r['ratio']:.3f}",
+                    flush=True,
+                )
+    Path(args.out).write_text(
+        json.dumps({"depth": args.depth, "batch_size": args.batch_size, "rows": rows}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

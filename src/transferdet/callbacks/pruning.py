@@ -25,22 +25,36 @@ log = logging.getLogger(__name__)
 
 
 class PruningCallback(pl.Callback):
-    def __init__(self, epochs: list[int], target_ratio: float | None = None, pruning_threshold: float = 0.1,
-                 normalizer: str = "max", equalization_criterion: str = "union", pruning_granularity: int = 8,
-                 min_num_filters: int = 16) -> None:
+    def __init__(
+        self,
+        epochs: list[int],
+        target_ratio: float | None = None,
+        pruning_threshold: float = 0.1,
+        normalizer: str = "max",
+        equalization_criterion: str = "union",
+        pruning_granularity: int = 8,
+        min_num_filters: int = 16,
+    ) -> None:
         epochs = [int(e) for e in epochs]
         if not epochs or min(epochs) < 1:
             raise ConfigError("callbacks.pruning.epochs", epochs, "a non-empty list of 1-based epoch numbers")
         if target_ratio is not None and not 0 < target_ratio < 1:
             raise ConfigError("callbacks.pruning.target_ratio", target_ratio, "a parameter ratio in (0, 1) per step")
         try:
-            self.cfg = PruningConfig(pruning_threshold=pruning_threshold, normalizer=Normalizer(normalizer),
-                                     equalization_criterion=EqualizationCriterion(equalization_criterion),
-                                     pruning_granularity=pruning_granularity, min_num_filters=min_num_filters,
-                                     target_ratio=target_ratio)
+            self.cfg = PruningConfig(
+                pruning_threshold=pruning_threshold,
+                normalizer=Normalizer(normalizer),
+                equalization_criterion=EqualizationCriterion(equalization_criterion),
+                pruning_granularity=pruning_granularity,
+                min_num_filters=min_num_filters,
+                target_ratio=target_ratio,
+            )
         except ValueError as err:
-            raise ConfigError("callbacks.pruning", str(err), "normalizer max|L2, equalization_criterion "
-                              "union|intersection|arithmetic_mean|geometric_mean") from None
+            raise ConfigError(
+                "callbacks.pruning",
+                str(err),
+                "normalizer max|L2, equalization_criterion union|intersection|arithmetic_mean|geometric_mean",
+            ) from None
         self.epochs = sorted(epochs)
         self.done: list[int] = []
 
@@ -66,8 +80,12 @@ class PruningCallback(pl.Callback):
             config.scheduler.last_epoch = trainer.global_step - 1
             config.scheduler.step()  # the schedule continues where it was
         self.done.append(epoch)
-        log.info("epoch %d: pruned to %d parameters (ratio %.4f of this step's start)", epoch,
-                 report.params_after, report.ratio)
+        log.info(
+            "epoch %d: pruned to %d parameters (ratio %.4f of this step's start)",
+            epoch,
+            report.params_after,
+            report.ratio,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"done": list(self.done)}

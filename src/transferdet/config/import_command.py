@@ -17,11 +17,14 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="transferdet import-spec",
         description="Convert a TLT/TAO DetectNet_v2 experiment spec (protobuf text format) into a transferdet "
-                    "experiment config, listing every key that has no counterpart.")
+        "experiment config, listing every key that has no counterpart.",
+    )
     parser.add_argument("spec", help="the TLT spec file, e.g. detectnet_v2_train_resnet18_kitti.txt")
     parser.add_argument("--name", help="experiment name (default: the spec's file name)")
-    parser.add_argument("--output-dir", help=f"config root to write experiment/<name>.yaml under "
-                                             f"(default: transferdet's own, {default_output_root()})")
+    parser.add_argument(
+        "--output-dir",
+        help=f"config root to write experiment/<name>.yaml under (default: transferdet's own, {default_output_root()})",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing experiment of that name")
     args = parser.parse_args(argv)
     try:

@@ -16,9 +16,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from omegaconf import MISSING
-
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 IGNORE_CLASS = "dontcare"  # target name that turns objects into ignore regions (no loss, neither TP nor FP)
 

@@ -36,13 +36,16 @@ class Field:
     line: int
 
 
-_TOKEN = re.compile(r"""
+_TOKEN = re.compile(
+    r"""
     (?P<ws>[ \t\r\f\v]+) | (?P<nl>\n) | (?P<comment>(\#|//)[^\n]*)
   | (?P<string>"(?:[^"\\\n]|\\.)*" | '(?:[^'\\\n]|\\.)*' | “[^”\n]*” | ‘[^’\n]*’ | ”[^”\n]*” )
   | (?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?[fF]?(?![\w.]))
   | (?P<ident>[A-Za-z_][\w.]*)
   | (?P<punct>[{}:<>\[\],;])
-""", re.VERBOSE)
+""",
+    re.VERBOSE,
+)
 
 
 def _tokens(text: str, path: Path) -> list[tuple[str, str, int]]:
@@ -84,8 +87,9 @@ def parse(text: str, path: Path) -> list[Field]:
         while True:
             if pos == len(tokens):
                 if close:
-                    raise DataError(path, f"block '{opened[0]}' opened at line {opened[1]} has no closing '{close}'",
-                                    tokens[-1][2])
+                    raise DataError(
+                        path, f"block '{opened[0]}' opened at line {opened[1]} has no closing '{close}'", tokens[-1][2]
+                    )
                 return fields
             kind, text, line = tokens[pos]
             if close and text == close:
@@ -167,7 +171,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if tp is str and isinstance(value, (str, int, float)):
         return str(value)
-    raise ConfigError(where, value, f"a {getattr(tp, '__name__', tp)} (the spec's value does not fit transferdet's key)")
+    raise ConfigError(
+        where, value, f"a {getattr(tp, '__name__', tp)} (the spec's value does not fit transferdet's key)"
+    )
 
 
 def _message(fields: list[Field], tp: type, group: str, path: str, out: Imported) -> dict:
@@ -181,7 +187,7 @@ def _message(fields: list[Field], tp: type, group: str, path: str, out: Imported
             continue
         tp_f = hints[f.name]
         origin, args = typing.get_origin(tp_f), typing.get_args(tp_f)
-        if origin in (dict, typing.Dict):
+        if origin in (dict, dict):
             item_tp = args[1]
             entries = result.setdefault(f.name, {})
             if not isinstance(f.value, list):
@@ -199,7 +205,7 @@ def _message(fields: list[Field], tp: type, group: str, path: str, out: Imported
                 entries[key] = _message(body if isinstance(body, list) else [], item_tp, group, f"{where}.{key}", out)
             else:
                 entries[key] = _coerce(body, item_tp, f"{where}.{key}")
-        elif origin in (list, typing.List):
+        elif origin in (list, list):
             if isinstance(f.value, list):
                 raise DataError(where, f"expected a value (repeated for a list) at line {f.line}, found a block")
             result.setdefault(f.name, []).append(_coerce(f.value, args[0], where))
@@ -238,27 +244,34 @@ def convert(spec: list[Field]) -> Imported:
                     if x.name == "image_directory_path":
                         out.groups.setdefault("dataset", {})["root"] = str(x.value)
                     elif x.name == "tfrecords_path":
-                        out.notes.append(f"dataset_config.data_sources.tfrecords_path (line {x.line}): not needed, "
-                                         "transferdet converts dataset.root itself")
+                        out.notes.append(
+                            f"dataset_config.data_sources.tfrecords_path (line {x.line}): not needed, "
+                            "transferdet converts dataset.root itself"
+                        )
                     else:
                         out.unmapped.append(f"dataset_config.data_sources.{x.name} (line {x.line})")
             for ext in _pop(fields, "image_extension"):
                 out.groups.setdefault("dataset", {})["image_extension"] = "." + str(ext.value).lstrip(".")
         if group == "model":
             for p in _pop(fields, "training_precision"):
-                training_extra["training_precision"] = _message(p.value, S.TrainingPrecisionConfig, "training",
-                                                                "model_config.training_precision", out)
+                training_extra["training_precision"] = _message(
+                    p.value, S.TrainingPrecisionConfig, "training", "model_config.training_precision", out
+                )
             load_graph = any(x.value is True for x in _pop(fields, "load_graph"))
             if load_graph:
                 for p in _pop(fields, "pretrained_model_file"):
                     out.groups.setdefault("model", {})["pruned_checkpoint"] = str(p.value)
-                    out.notes.append(f"model_config.load_graph (line {p.line}): the pruned model goes to "
-                                     "model.pruned_checkpoint (a transferdet pruned.ckpt, not a TLT .tlt file)")
+                    out.notes.append(
+                        f"model_config.load_graph (line {p.line}): the pruned model goes to "
+                        "model.pruned_checkpoint (a transferdet pruned.ckpt, not a TLT .tlt file)"
+                    )
             for p in _pop(fields, "pretrained_model_file"):
                 if Path(str(p.value)).suffix.lower() in TLT_MODEL_SUFFIXES:
-                    out.notes.append(f"model_config.pretrained_model_file (line {p.line}): {p.value} is a TLT/Keras "
-                                     "model transferdet cannot read; set model.pretrained_model_file to a local "
-                                     "PyTorch ResNet state dict (.pth / .safetensors)")
+                    out.notes.append(
+                        f"model_config.pretrained_model_file (line {p.line}): {p.value} is a TLT/Keras "
+                        "model transferdet cannot read; set model.pretrained_model_file to a local "
+                        "PyTorch ResNet state dict (.pth / .safetensors)"
+                    )
                 else:
                     out.groups.setdefault("model", {})["pretrained_model_file"] = str(p.value)
         body = _message(fields, tp, group, f.name, out)
@@ -271,9 +284,12 @@ def convert(spec: list[Field]) -> Imported:
 def experiment_yaml(imported: Imported, source: Path) -> str:
     from omegaconf import OmegaConf
 
-    head = ["# @package _global_", f"# Imported from the TLT spec {source} by `transferdet import-spec`.",
-            "# Blocks of the spec start from transferdet's schema defaults (TLT's proto defaults), not the",
-            "# synthetic quickstart's values."]
+    head = [
+        "# @package _global_",
+        f"# Imported from the TLT spec {source} by `transferdet import-spec`.",
+        "# Blocks of the spec start from transferdet's schema defaults (TLT's proto defaults), not the",
+        "# synthetic quickstart's values.",
+    ]
     if imported.unmapped:
         head += ["# Spec keys with no transferdet counterpart (ignored):"] + [f"#   {u}" for u in imported.unmapped]
     head += [f"# Note: {n}" for n in imported.notes]
@@ -288,8 +304,9 @@ def default_output_root() -> Path:
     return Path(str(resources.files("transferdet.conf")))
 
 
-def import_spec(spec_path: str | Path, name: str | None = None, output_root: str | Path | None = None,
-                force: bool = False) -> tuple[Path, Imported]:
+def import_spec(
+    spec_path: str | Path, name: str | None = None, output_root: str | Path | None = None, force: bool = False
+) -> tuple[Path, Imported]:
     """Write ``<output_root>/experiment/<name>.yaml`` from a TLT spec; check it composes and validates first."""
     from transferdet.utils.io import atomic_path
 
@@ -336,6 +353,9 @@ def check_composes(root: Path, name: str, candidate: Path) -> None:
             with initialize_config_module("transferdet.conf", version_base="1.3"):
                 cfg = compose("train", [f"experiment={probe}", f"hydra.searchpath=[file://{tmpdir}]"])
         except (HydraException, OmegaConfBaseException) as err:
-            raise ConfigError(f"experiment/{name}.yaml", "the imported spec",
-                              f"a config transferdet accepts: {str(err).splitlines()[0]}") from None
+            raise ConfigError(
+                f"experiment/{name}.yaml",
+                "the imported spec",
+                f"a config transferdet accepts: {str(err).splitlines()[0]}",
+            ) from None
         validate(cfg)

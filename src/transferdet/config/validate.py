@@ -47,26 +47,54 @@ def target_classes(dataset: S.DatasetConfig) -> list[str]:
 def validate_dataset(d: S.DatasetConfig) -> None:
     _in_range("dataset.val_split", d.val_split, 0, 100, hi_open=True)
     positive_int("dataset.num_shards", d.num_shards)
-    _require(d.image_extension.startswith("."), "dataset.image_extension", d.image_extension,
-             "an extension starting with '.', e.g. '.png' or '.jpg'")
+    _require(
+        d.image_extension.startswith("."),
+        "dataset.image_extension",
+        d.image_extension,
+        "an extension starting with '.', e.g. '.png' or '.jpg'",
+    )
     _require(bool(d.target_class_mapping), "dataset.target_class_mapping", {}, "at least one source -> target entry")
-    _require(bool(target_classes(d)), "dataset.target_class_mapping", dict(d.target_class_mapping),
-             f"at least one target class other than '{S.IGNORE_CLASS}'")
+    _require(
+        bool(target_classes(d)),
+        "dataset.target_class_mapping",
+        dict(d.target_class_mapping),
+        f"at least one target class other than '{S.IGNORE_CLASS}'",
+    )
     lowered = [k.lower() for k in d.target_class_mapping]
     dup = sorted({k for k in lowered if lowered.count(k) > 1})
-    _require(not dup, "dataset.target_class_mapping", dup,
-             "source class names that differ in more than case (names compare case-insensitively)")
+    _require(
+        not dup,
+        "dataset.target_class_mapping",
+        dup,
+        "source class names that differ in more than case (names compare case-insensitively)",
+    )
     if d.partition_mode is S.PartitionMode.random:
-        _require(d.num_partitions == 2, "dataset.num_partitions", d.num_partitions,
-                 "2 with partition_mode=random (validation fold 0 and training fold 1)")
-        _require(d.validation_fold == 0, "dataset.validation_fold", d.validation_fold,
-                 "0 with partition_mode=random (fold 0 holds the val_split images)")
+        _require(
+            d.num_partitions == 2,
+            "dataset.num_partitions",
+            d.num_partitions,
+            "2 with partition_mode=random (validation fold 0 and training fold 1)",
+        )
+        _require(
+            d.validation_fold == 0,
+            "dataset.validation_fold",
+            d.validation_fold,
+            "0 with partition_mode=random (fold 0 holds the val_split images)",
+        )
     else:
         _require(d.num_partitions >= 1, "dataset.num_partitions", d.num_partitions, "an integer >= 1")
-        _require(0 <= d.validation_fold < d.num_partitions, "dataset.validation_fold", d.validation_fold,
-                 f"0..{d.num_partitions - 1} (num_partitions={d.num_partitions})")
-        _require(bool(d.kitti_sequence_to_frames_file), "dataset.kitti_sequence_to_frames_file",
-                 d.kitti_sequence_to_frames_file, "a JSON file mapping sequence -> frame ids (partition_mode=sequence)")
+        _require(
+            0 <= d.validation_fold < d.num_partitions,
+            "dataset.validation_fold",
+            d.validation_fold,
+            f"0..{d.num_partitions - 1} (num_partitions={d.num_partitions})",
+        )
+        _require(
+            bool(d.kitti_sequence_to_frames_file),
+            "dataset.kitti_sequence_to_frames_file",
+            d.kitti_sequence_to_frames_file,
+            "a JSON file mapping sequence -> frame ids (partition_mode=sequence)",
+        )
 
 
 def validate_augmentation(a: S.AugmentationConfig) -> None:
@@ -74,16 +102,24 @@ def validate_augmentation(a: S.AugmentationConfig) -> None:
     for name in ("output_image_width", "output_image_height"):
         v = getattr(p, name)
         _require(v > 0 and v % 16 == 0, f"augmentation.preprocessing.{name}", v, "a positive multiple of 16")
-    _require(p.output_image_channel in (1, 3), "augmentation.preprocessing.output_image_channel",
-             p.output_image_channel, "1 or 3")
+    _require(
+        p.output_image_channel in (1, 3),
+        "augmentation.preprocessing.output_image_channel",
+        p.output_image_channel,
+        "1 or 3",
+    )
     for name in ("min_bbox_width", "min_bbox_height"):
         _in_range(f"augmentation.preprocessing.{name}", getattr(p, name), 0, 1e6)
     s = a.spatial_augmentation
     for name in ("hflip_probability", "rotate_probability"):
         _in_range(f"augmentation.spatial_augmentation.{name}", getattr(s, name), 0, 1)
     _require(s.zoom_min > 0, "augmentation.spatial_augmentation.zoom_min", s.zoom_min, "a number > 0")
-    _require(s.zoom_max >= s.zoom_min, "augmentation.spatial_augmentation.zoom_max", s.zoom_max,
-             f"a number >= zoom_min ({s.zoom_min:g})")
+    _require(
+        s.zoom_max >= s.zoom_min,
+        "augmentation.spatial_augmentation.zoom_max",
+        s.zoom_max,
+        f"a number >= zoom_min ({s.zoom_min:g})",
+    )
     for name in ("translate_max_x", "translate_max_y", "rotate_rad_max"):
         _in_range(f"augmentation.spatial_augmentation.{name}", getattr(s, name), 0, 1e6)
     c = a.color_augmentation
@@ -100,15 +136,25 @@ SUPPORTED_RESNET_DEPTHS = (10, 18, 34, 50, 101)
 
 def validate_model(m: S.ModelConfig) -> None:
     _require(m.arch == "resnet", "model.arch", m.arch, "'resnet'")
-    _require(m.num_layers in SUPPORTED_RESNET_DEPTHS, "model.num_layers", m.num_layers,
-             ", ".join(map(str, SUPPORTED_RESNET_DEPTHS)))
+    _require(
+        m.num_layers in SUPPORTED_RESNET_DEPTHS,
+        "model.num_layers",
+        m.num_layers,
+        ", ".join(map(str, SUPPORTED_RESNET_DEPTHS)),
+    )
     bad = [b for b in m.freeze_blocks if b not in range(5)]
     _require(not bad, "model.freeze_blocks", list(m.freeze_blocks), "block ids 0 (stem) to 4 (last stage)")
-    _require(m.objective_set.bbox.scale > 0, "model.objective_set.bbox.scale", m.objective_set.bbox.scale, "a number > 0")
+    _require(
+        m.objective_set.bbox.scale > 0, "model.objective_set.bbox.scale", m.objective_set.bbox.scale, "a number > 0"
+    )
     n = m.input_normalization
     _require(len(n.mean) == 3, "model.input_normalization.mean", list(n.mean), "3 numbers (R, G, B)")
-    _require(len(n.std) == 3 and all(s > 0 for s in n.std), "model.input_normalization.std", list(n.std),
-             "3 positive numbers (R, G, B)")
+    _require(
+        len(n.std) == 3 and all(s > 0 for s in n.std),
+        "model.input_normalization.std",
+        list(n.std),
+        "3 positive numbers (R, G, B)",
+    )
 
 
 def validate_training(t: S.TrainingConfig) -> None:
@@ -119,12 +165,20 @@ def validate_training(t: S.TrainingConfig) -> None:
     sch = t.learning_rate.soft_start_annealing_schedule
     key = "training.learning_rate.soft_start_annealing_schedule"
     _require(sch.min_learning_rate > 0, f"{key}.min_learning_rate", sch.min_learning_rate, "a number > 0")
-    _require(sch.max_learning_rate >= sch.min_learning_rate, f"{key}.max_learning_rate", sch.max_learning_rate,
-             f"a number >= min_learning_rate ({sch.min_learning_rate:g})")
+    _require(
+        sch.max_learning_rate >= sch.min_learning_rate,
+        f"{key}.max_learning_rate",
+        sch.max_learning_rate,
+        f"a number >= min_learning_rate ({sch.min_learning_rate:g})",
+    )
     _in_range(f"{key}.soft_start", sch.soft_start, 0, 1, hi_open=True)
     _in_range(f"{key}.annealing", sch.annealing, 0, 1, hi_open=True)
-    _require(sch.soft_start <= sch.annealing, f"{key}.soft_start", sch.soft_start,
-             f"a number <= annealing ({sch.annealing:g})")
+    _require(
+        sch.soft_start <= sch.annealing,
+        f"{key}.soft_start",
+        sch.soft_start,
+        f"a number <= annealing ({sch.annealing:g})",
+    )
     _require(t.regularizer.weight >= 0, "training.regularizer.weight", t.regularizer.weight, "a number >= 0")
     adam = t.optimizer.adam
     _require(adam.epsilon > 0, "training.optimizer.adam.epsilon", adam.epsilon, "a number > 0")
@@ -138,13 +192,22 @@ def validate_evaluation(e: S.EvaluationConfig) -> None:
         _in_range(f"evaluation.minimum_detection_ground_truth_overlap.{cls}", iou, 0, 1, lo_open=True)
     for cls, box in e.evaluation_box_config.items():
         key = f"evaluation.evaluation_box_config.{cls}"
-        _require(box.maximum_height >= box.minimum_height, f"{key}.maximum_height", box.maximum_height,
-                 f"a number >= minimum_height ({box.minimum_height:g})")
-        _require(box.maximum_width >= box.minimum_width, f"{key}.maximum_width", box.maximum_width,
-                 f"a number >= minimum_width ({box.minimum_width:g})")
+        _require(
+            box.maximum_height >= box.minimum_height,
+            f"{key}.maximum_height",
+            box.maximum_height,
+            f"a number >= minimum_height ({box.minimum_height:g})",
+        )
+        _require(
+            box.maximum_width >= box.minimum_width,
+            f"{key}.maximum_width",
+            box.maximum_width,
+            f"a number >= minimum_width ({box.minimum_width:g})",
+        )
     positive_int("evaluation.validation_period_during_training", e.validation_period_during_training)
-    _require(e.first_validation_epoch >= 0, "evaluation.first_validation_epoch", e.first_validation_epoch,
-             "an integer >= 0")
+    _require(
+        e.first_validation_epoch >= 0, "evaluation.first_validation_epoch", e.first_validation_epoch, "an integer >= 0"
+    )
     positive_int("evaluation.batch_size", e.batch_size)
 
 
@@ -165,14 +228,26 @@ def validate_postprocessing(p: S.PostprocessingConfig) -> None:
         cc = c.clustering_config
         _in_range(f"{key}.coverage_threshold", cc.coverage_threshold, 0, 1, hi_open=True)
         _in_range(f"{key}.dbscan_eps", cc.dbscan_eps, 0, 1, lo_open=True)
-        _require(cc.dbscan_min_samples > 0, f"{key}.dbscan_min_samples", cc.dbscan_min_samples,
-                 "a number > 0 (minimum sum of coverage of a core point)")
+        _require(
+            cc.dbscan_min_samples > 0,
+            f"{key}.dbscan_min_samples",
+            cc.dbscan_min_samples,
+            "a number > 0 (minimum sum of coverage of a core point)",
+        )
         _in_range(f"{key}.nms_iou_threshold", cc.nms_iou_threshold, 0, 1)
-        _require(cc.dbscan_confidence_threshold >= 0, f"{key}.dbscan_confidence_threshold",
-                 cc.dbscan_confidence_threshold, "a number >= 0")
+        _require(
+            cc.dbscan_confidence_threshold >= 0,
+            f"{key}.dbscan_confidence_threshold",
+            cc.dbscan_confidence_threshold,
+            "a number >= 0",
+        )
         _in_range(f"{key}.nms_confidence_threshold", cc.nms_confidence_threshold, 0, 1)
-        _require(cc.minimum_bounding_box_height >= 0, f"{key}.minimum_bounding_box_height",
-                 cc.minimum_bounding_box_height, "a number >= 0")
+        _require(
+            cc.minimum_bounding_box_height >= 0,
+            f"{key}.minimum_bounding_box_height",
+            cc.minimum_bounding_box_height,
+            "a number >= 0",
+        )
 
 
 def validate_cost(c: S.CostConfig) -> None:
@@ -180,12 +255,22 @@ def validate_cost(c: S.CostConfig) -> None:
         key = f"cost.target_classes.{cls}"
         _require(cc.class_weight >= 0, f"{key}.class_weight", cc.class_weight, "a number >= 0")
         _in_range(f"{key}.coverage_foreground_weight", cc.coverage_foreground_weight, 0, 1, lo_open=True, hi_open=True)
-        _require(set(cc.objectives) == {"cov", "bbox"}, f"{key}.objectives", sorted(cc.objectives),
-                 "exactly the objectives 'cov' and 'bbox'")
+        _require(
+            set(cc.objectives) == {"cov", "bbox"},
+            f"{key}.objectives",
+            sorted(cc.objectives),
+            "exactly the objectives 'cov' and 'bbox'",
+        )
         for name, obj in cc.objectives.items():
-            _require(obj.initial_weight >= 0, f"{key}.objectives.{name}.initial_weight", obj.initial_weight, "a number >= 0")
-    _require(0 < c.min_objective_weight <= c.max_objective_weight, "cost.min_objective_weight", c.min_objective_weight,
-             f"a number in (0, max_objective_weight={c.max_objective_weight:g}]")
+            _require(
+                obj.initial_weight >= 0, f"{key}.objectives.{name}.initial_weight", obj.initial_weight, "a number >= 0"
+            )
+    _require(
+        0 < c.min_objective_weight <= c.max_objective_weight,
+        "cost.min_objective_weight",
+        c.min_objective_weight,
+        f"a number in (0, max_objective_weight={c.max_objective_weight:g}]",
+    )
 
 
 def validate_synth(s: S.SynthConfig) -> None:
@@ -193,12 +278,21 @@ def validate_synth(s: S.SynthConfig) -> None:
     for name in ("image_width", "image_height"):
         _require(getattr(s, name) >= 32, f"synth.{name}", getattr(s, name), "an integer >= 32 (pixels)")
     _require(s.min_objects >= 0, "synth.min_objects", s.min_objects, "an integer >= 0")
-    _require(s.max_objects >= s.min_objects, "synth.max_objects", s.max_objects, f"an integer >= min_objects ({s.min_objects})")
+    _require(
+        s.max_objects >= s.min_objects,
+        "synth.max_objects",
+        s.max_objects,
+        f"an integer >= min_objects ({s.min_objects})",
+    )
     allowed = {"car", "pedestrian", "cyclist"}
     bad = sorted(set(s.class_frequencies) - allowed)
     _require(not bad, "synth.class_frequencies", bad, "keys among car, pedestrian, cyclist")
-    _require(all(v >= 0 for v in s.class_frequencies.values()) and sum(s.class_frequencies.values()) > 0,
-             "synth.class_frequencies", dict(s.class_frequencies), "non-negative numbers, not all zero")
+    _require(
+        all(v >= 0 for v in s.class_frequencies.values()) and sum(s.class_frequencies.values()) > 0,
+        "synth.class_frequencies",
+        dict(s.class_frequencies),
+        "non-negative numbers, not all zero",
+    )
     _in_range("synth.dontcare_probability", s.dontcare_probability, 0, 1)
     _require(s.num_distractors >= 0, "synth.num_distractors", s.num_distractors, "an integer >= 0")
     _in_range("synth.noise_stddev", s.noise_stddev, 0, 1)
@@ -267,15 +361,27 @@ def validate_classes(cfg: DictConfig) -> None:
         key = f"{group}.{attr}"
         missing = [c for c in classes if c not in have]
         extra = [c for c in have if c not in wanted]
-        _require(not missing, key, have,
-                 f"an entry for every class of dataset.target_class_mapping ({listing}); missing: {', '.join(missing)}")
-        _require(not extra, key, have,
-                 f"only classes of dataset.target_class_mapping ({listing}); unknown: {', '.join(extra)}")
+        _require(
+            not missing,
+            key,
+            have,
+            f"an entry for every class of dataset.target_class_mapping ({listing}); missing: {', '.join(missing)}",
+        )
+        _require(
+            not extra,
+            key,
+            have,
+            f"only classes of dataset.target_class_mapping ({listing}); unknown: {', '.join(extra)}",
+        )
     if "evaluation" in cfg:
         have = [str(k) for k in cfg.evaluation.evaluation_box_config.keys()]
         extra = [c for c in have if c not in wanted]
-        _require(not extra, "evaluation.evaluation_box_config", have,
-                 f"only classes of dataset.target_class_mapping ({listing}); unknown: {', '.join(extra)}")
+        _require(
+            not extra,
+            "evaluation.evaluation_box_config",
+            have,
+            f"only classes of dataset.target_class_mapping ({listing}); unknown: {', '.join(extra)}",
+        )
 
 
 def validate(cfg: DictConfig) -> None:

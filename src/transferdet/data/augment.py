@@ -51,9 +51,9 @@ def color_matrix(rng: np.random.Generator, cfg) -> tuple[np.ndarray, np.ndarray]
     c = _truncated_normal(rng, cfg.contrast_scale_max / 2, cfg.contrast_scale_max)
     hue = math.radians(_truncated_normal(rng, cfg.hue_rotation_max / 2, cfg.hue_rotation_max))
     sat = 1.0 + rng.uniform(-cfg.saturation_shift_max, cfg.saturation_shift_max)
-    rot = np.array([[1, 0, 0],
-                    [0, sat * math.cos(hue), -sat * math.sin(hue)],
-                    [0, sat * math.sin(hue), sat * math.cos(hue)]])
+    rot = np.array(
+        [[1, 0, 0], [0, sat * math.cos(hue), -sat * math.sin(hue)], [0, sat * math.sin(hue), sat * math.cos(hue)]]
+    )
     hue_sat = _YIQ_TO_RGB @ rot @ _RGB_TO_YIQ
     brightness = rng.normal(0.0, cfg.color_shift_stddev) if cfg.color_shift_stddev > 0 else 0.0
     matrix = hue_sat * (1.0 + c)
@@ -90,15 +90,17 @@ class Augmenter:
             out = (0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2])[None]
         return out.contiguous()
 
-    def __call__(self, image: np.ndarray, boxes: np.ndarray, is_object: np.ndarray, index: int,
-                 epoch: int = 0) -> Sample:
+    def __call__(
+        self, image: np.ndarray, boxes: np.ndarray, is_object: np.ndarray, index: int, epoch: int = 0
+    ) -> Sample:
         """``image [h, w, 3]`` uint8 RGB; ``boxes [N, 4]`` pixels; ``is_object [N]`` (False = ignore region)."""
         rng = np.random.default_rng([self.seed, epoch, index])
         pre, W, H = self.cfg.preprocessing, self.width, self.height
         img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
         h, w = img.shape[-2:]
-        bx = tv_tensors.BoundingBoxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), format="XYXY",
-                                      canvas_size=(h, w))
+        bx = tv_tensors.BoundingBoxes(
+            torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), format="XYXY", canvas_size=(h, w)
+        )
         if pre.resize:
             img, bx = F.resize(img, [H, W], antialias=True), F.resize(bx, [H, W])
         else:
@@ -117,19 +119,23 @@ class Augmenter:
             zoom = float(rng.uniform(s.zoom_min, s.zoom_max))
             tx = int(rng.integers(-int(s.translate_max_x), int(s.translate_max_x) + 1))
             ty = int(rng.integers(-int(s.translate_max_y), int(s.translate_max_y) + 1))
-            angle = math.degrees(rng.uniform(-s.rotate_rad_max, s.rotate_rad_max)) \
-                if s.rotate_rad_max > 0 and rng.random() < s.rotate_probability else 0.0
+            angle = (
+                math.degrees(rng.uniform(-s.rotate_rad_max, s.rotate_rad_max))
+                if s.rotate_rad_max > 0 and rng.random() < s.rotate_probability
+                else 0.0
+            )
             if zoom != 1.0 or tx or ty or angle:
-                args = dict(angle=-angle, translate=[tx, ty], scale=zoom, shear=[0.0, 0.0],
-                            center=[W / 2, H / 2])
+                args = dict(angle=-angle, translate=[tx, ty], scale=zoom, shear=[0.0, 0.0], center=[W / 2, H / 2])
                 img = F.affine(img, **args, interpolation=InterpolationMode.BILINEAR, fill=0)
                 bx = F.affine(bx, **args)
 
         out = F.to_dtype(img, torch.float32, scale=True)
         if self.train and pre.output_image_channel == 3:
             m, o = color_matrix(rng, self.cfg.color_augmentation)
-            out = (torch.einsum("ij,jhw->ihw", torch.from_numpy(m).float(), out)
-                   + torch.from_numpy(o).float()[:, None, None]).clamp_(0.0, 1.0)
+            out = (
+                torch.einsum("ij,jhw->ihw", torch.from_numpy(m).float(), out)
+                + torch.from_numpy(o).float()[:, None, None]
+            ).clamp_(0.0, 1.0)
         if pre.output_image_channel == 1:
             out = (0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2])[None]
 

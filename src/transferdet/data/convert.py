@@ -22,9 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -60,15 +60,17 @@ def partition_random(ids: Sequence[str], val_split: float, seed: int) -> Partiti
     return Partition([val, train], validation_fold=0)
 
 
-def partition_sequence(ids: Sequence[str], sequence_file: str | Path, num_partitions: int,
-                       validation_fold: int) -> Partition:
+def partition_sequence(
+    ids: Sequence[str], sequence_file: str | Path, num_partitions: int, validation_fold: int
+) -> Partition:
     """Whole sequences go to one fold: largest first, round robin over ``num_partitions`` folds."""
     path = Path(sequence_file)
     try:
         seq_map = json.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
-        raise DataError(path, f"cannot read sequence map ({err.strerror}) (config key "
-                              "dataset.kitti_sequence_to_frames_file)") from None
+        raise DataError(
+            path, f"cannot read sequence map ({err.strerror}) (config key dataset.kitti_sequence_to_frames_file)"
+        ) from None
     except json.JSONDecodeError as err:
         raise DataError(path, f"not valid JSON: {err.msg}", err.lineno) from None
     if not isinstance(seq_map, dict) or not all(isinstance(v, list) for v in seq_map.values()):
@@ -84,8 +86,9 @@ def partition_sequence(ids: Sequence[str], sequence_file: str | Path, num_partit
             owner[f] = seq
     missing = [i for i in ids if i not in owner]
     if missing:
-        raise DataError(path, f"{len(missing)} images are in no sequence (first: {missing[0]!r}); "
-                              "every image needs a sequence")
+        raise DataError(
+            path, f"{len(missing)} images are in no sequence (first: {missing[0]!r}); every image needs a sequence"
+        )
     folds: list[list[str]] = [[] for _ in range(num_partitions)]
     ordered = sorted(seq_map.items(), key=lambda kv: (-len(kv[1]), kv[0]))
     for k, (_, frames) in enumerate(ordered):
@@ -115,8 +118,9 @@ def save_npz_deterministic(path: Path, arrays: dict[str, np.ndarray]) -> None:
                 np.lib.format.write_array(f, np.ascontiguousarray(arrays[name]), allow_pickle=False)
 
 
-def shard_arrays(records: Sequence[ImageRecord], root: Path, mapping: dict[str, str],
-                 classes: list[str]) -> dict[str, np.ndarray]:
+def shard_arrays(
+    records: Sequence[ImageRecord], root: Path, mapping: dict[str, str], classes: list[str]
+) -> dict[str, np.ndarray]:
     """Label arrays of a list of images; objects of unmapped classes are left out."""
     class_id = {c: k for k, c in enumerate(classes)}
     boxes, cls, trunc, occl, offsets = [], [], [], [], [0]
@@ -162,8 +166,9 @@ def fingerprint(d: DatasetConfig) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def write_converted(out_dir: Path, records: list[ImageRecord], warnings: list[Warning_], d: DatasetConfig,
-                    progress: bool = True) -> dict:
+def write_converted(
+    out_dir: Path, records: list[ImageRecord], warnings: list[Warning_], d: DatasetConfig, progress: bool = True
+) -> dict:
     """Write shards and manifest into ``out_dir`` (an empty directory). Returns the manifest."""
     from tqdm import tqdm
 
@@ -182,10 +187,12 @@ def write_converted(out_dir: Path, records: list[ImageRecord], warnings: list[Wa
         shards = []
         for s, chunk in enumerate(np.array_split(np.arange(len(ids)), n_shards)):
             name = f"{split}-{s:05d}-of-{n_shards:05d}.npz"
-            save_npz_deterministic(shards_dir / name, shard_arrays([by_id[ids[i]] for i in chunk], root, mapping,
-                                                                   classes))
-            shards.append({"file": f"shards/{name}", "num_images": int(len(chunk)),
-                           "sha256": sha256_file(shards_dir / name)})
+            save_npz_deterministic(
+                shards_dir / name, shard_arrays([by_id[ids[i]] for i in chunk], root, mapping, classes)
+            )
+            shards.append(
+                {"file": f"shards/{name}", "num_images": int(len(chunk)), "sha256": sha256_file(shards_dir / name)}
+            )
         splits[split] = {"num_images": len(ids), "shards": shards}
 
     files = {}
@@ -200,13 +207,20 @@ def write_converted(out_dir: Path, records: list[ImageRecord], warnings: list[Wa
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "fingerprint": fingerprint(d),
-        "source": {"root": str(root), "image_dir_name": d.image_dir_name, "label_dir_name": d.label_dir_name,
-                   "image_extension": d.image_extension},
+        "source": {
+            "root": str(root),
+            "image_dir_name": d.image_dir_name,
+            "label_dir_name": d.label_dir_name,
+            "image_extension": d.image_extension,
+        },
         "classes": classes,
         "target_class_mapping": mapping,
         "partition": {
-            "mode": d.partition_mode.value, "num_partitions": len(partition.folds), "val_split": d.val_split,
-            "validation_fold": partition.validation_fold, "seed": d.seed,
+            "mode": d.partition_mode.value,
+            "num_partitions": len(partition.folds),
+            "val_split": d.val_split,
+            "validation_fold": partition.validation_fold,
+            "seed": d.seed,
             "kitti_sequence_to_frames_file": d.kitti_sequence_to_frames_file,
             "folds": {str(k): fold for k, fold in enumerate(partition.folds)},
         },

@@ -66,8 +66,16 @@ class SplitIndex:
         i = i % len(self)
         a, b = self.object_offsets[i], self.object_offsets[i + 1]
         w, h = self.image_sizes[i]
-        return Sample(str(self.ids[i]), self.root / str(self.image_paths[i]), int(w), int(h),
-                      self.boxes[a:b], self.class_ids[a:b], self.truncated[a:b], self.occluded[a:b])
+        return Sample(
+            str(self.ids[i]),
+            self.root / str(self.image_paths[i]),
+            int(w),
+            int(h),
+            self.boxes[a:b],
+            self.class_ids[a:b],
+            self.truncated[a:b],
+            self.occluded[a:b],
+        )
 
 
 class ConvertedDataset:
@@ -83,16 +91,22 @@ class ConvertedDataset:
         except json.JSONDecodeError as err:
             raise DataError(manifest_path, f"corrupt manifest: {err.msg}", err.lineno) from None
         if self.manifest.get("format") != FORMAT_NAME or self.manifest.get("version") != FORMAT_VERSION:
-            raise DataError(manifest_path, f"not a {FORMAT_NAME} v{FORMAT_VERSION} manifest "
-                                           f"(found {self.manifest.get('format')!r} v{self.manifest.get('version')!r}); "
-                                           "re-run `transferdet convert`")
+            raise DataError(
+                manifest_path,
+                f"not a {FORMAT_NAME} v{FORMAT_VERSION} manifest "
+                f"(found {self.manifest.get('format')!r} v{self.manifest.get('version')!r}); "
+                "re-run `transferdet convert`",
+            )
         if verify:
             for split in SPLITS:
                 for shard in self.manifest["splits"][split]["shards"]:
                     f = self.path / shard["file"]
                     if not f.is_file() or sha256_file(f) != shard["sha256"]:
-                        raise DataError(f, "shard is missing or differs from its manifest entry "
-                                           "(interrupted copy?); re-run `transferdet convert`")
+                        raise DataError(
+                            f,
+                            "shard is missing or differs from its manifest entry "
+                            "(interrupted copy?); re-run `transferdet convert`",
+                        )
         self.root = Path(self.manifest["source"]["root"])
         self.classes: list[str] = list(self.manifest["classes"])
 

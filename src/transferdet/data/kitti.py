@@ -12,9 +12,9 @@ warning is counted in the dataset report.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Optional
 
 from PIL import Image, UnidentifiedImageError
 
@@ -22,9 +22,7 @@ from transferdet.errors import DataError
 
 NUM_FIELDS = 15
 NUM_FIELDS_WITH_SCORE = 16
-FIELD_NAMES = (
-    "type truncated occluded alpha x1 y1 x2 y2 height width length x y z rotation_y score".split()
-)
+FIELD_NAMES = "type truncated occluded alpha x1 y1 x2 y2 height width length x y z rotation_y score".split()
 
 
 @dataclass(frozen=True)
@@ -42,7 +40,7 @@ class KittiObject:
     dimensions: tuple[float, float, float] = (0.0, 0.0, 0.0)  # height, width, length (m)
     location: tuple[float, float, float] = (0.0, 0.0, 0.0)  # x, y, z in camera coordinates (m)
     rotation_y: float = 0.0
-    score: Optional[float] = None
+    score: float | None = None
     line: int = 0  # 1-based line number in the file it came from (0 = not from a file)
 
     @property
@@ -80,7 +78,7 @@ class ImageRecord:
 
     id: str
     image_path: Path
-    label_path: Optional[Path]
+    label_path: Path | None
     width: int
     height: int
     objects: list[KittiObject] = field(default_factory=list)
@@ -90,11 +88,13 @@ def _number(path: Path, lineno: int, index: int, token: str) -> float:
     try:
         value = float(token)
     except ValueError:
-        raise DataError(path, f"field {index + 1} ({FIELD_NAMES[index]}) is {token!r}, expected a number",
-                        lineno) from None
+        raise DataError(
+            path, f"field {index + 1} ({FIELD_NAMES[index]}) is {token!r}, expected a number", lineno
+        ) from None
     if not math.isfinite(value):
-        raise DataError(path, f"field {index + 1} ({FIELD_NAMES[index]}) is {token!r}, expected a finite number",
-                        lineno)
+        raise DataError(
+            path, f"field {index + 1} ({FIELD_NAMES[index]}) is {token!r}, expected a finite number", lineno
+        )
     return value
 
 
@@ -103,18 +103,29 @@ def parse_label_line(path: Path, lineno: int, text: str, *, allow_score: bool) -
     allowed = (NUM_FIELDS, NUM_FIELDS_WITH_SCORE) if allow_score else (NUM_FIELDS,)
     if len(tokens) not in allowed:
         if len(tokens) == NUM_FIELDS_WITH_SCORE:
-            raise DataError(path, "16 fields: a 16th field (confidence score) marks a prediction file; "
-                                  "ground-truth labels have 15 fields", lineno)
+            raise DataError(
+                path,
+                "16 fields: a 16th field (confidence score) marks a prediction file; "
+                "ground-truth labels have 15 fields",
+                lineno,
+            )
         expected = " or ".join(map(str, allowed))
-        raise DataError(path, f"{len(tokens)} fields, expected {expected} "
-                              f"({' '.join(FIELD_NAMES[:NUM_FIELDS])}{' [score]' if allow_score else ''})", lineno)
+        raise DataError(
+            path,
+            f"{len(tokens)} fields, expected {expected} "
+            f"({' '.join(FIELD_NAMES[:NUM_FIELDS])}{' [score]' if allow_score else ''})",
+            lineno,
+        )
     v = [_number(path, lineno, i, t) for i, t in enumerate(tokens[1:], start=1)]
     return KittiObject(
         cls=tokens[0].lower(),
         truncated=v[0],
         occluded=int(v[1]),
         alpha=v[2],
-        x1=v[3], y1=v[4], x2=v[5], y2=v[6],
+        x1=v[3],
+        y1=v[4],
+        x2=v[5],
+        y2=v[6],
         dimensions=(v[7], v[8], v[9]),
         location=(v[10], v[11], v[12]),
         rotation_y=v[13],
@@ -140,12 +151,24 @@ def read_label_file(path: str | Path, *, allow_score: bool = False) -> list[Kitt
 
 
 def format_label_line(obj: KittiObject) -> str:
-    h, w, l = obj.dimensions
+    h, w, length = obj.dimensions
     x, y, z = obj.location
     fields = [
-        obj.cls, f"{obj.truncated:.2f}", str(int(obj.occluded)), f"{obj.alpha:.2f}",
-        f"{obj.x1:.2f}", f"{obj.y1:.2f}", f"{obj.x2:.2f}", f"{obj.y2:.2f}",
-        f"{h:.2f}", f"{w:.2f}", f"{l:.2f}", f"{x:.2f}", f"{y:.2f}", f"{z:.2f}", f"{obj.rotation_y:.2f}",
+        obj.cls,
+        f"{obj.truncated:.2f}",
+        str(int(obj.occluded)),
+        f"{obj.alpha:.2f}",
+        f"{obj.x1:.2f}",
+        f"{obj.y1:.2f}",
+        f"{obj.x2:.2f}",
+        f"{obj.y2:.2f}",
+        f"{h:.2f}",
+        f"{w:.2f}",
+        f"{length:.2f}",
+        f"{x:.2f}",
+        f"{y:.2f}",
+        f"{z:.2f}",
+        f"{obj.rotation_y:.2f}",
     ]
     if obj.score is not None:
         fields.append(f"{obj.score:.6f}")
@@ -157,19 +180,32 @@ def write_label_file(path: str | Path, objects: Iterable[KittiObject]) -> None:
     Path(path).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
-def check_box(obj: KittiObject, width: int, height: int, where: str) -> tuple[Optional[KittiObject], Optional[Warning_]]:
+def check_box(obj: KittiObject, width: int, height: int, where: str) -> tuple[KittiObject | None, Warning_ | None]:
     """Validate one box against its image: returns the (possibly clipped) object or None, and a warning."""
     if obj.x2 <= obj.x1 or obj.y2 <= obj.y1:
-        return None, Warning_(where, f"{obj.cls}: empty box (x1={obj.x1:g}, y1={obj.y1:g}, x2={obj.x2:g}, "
-                                     f"y2={obj.y2:g}: needs x2 > x1 and y2 > y1); object dropped", "empty box")
+        return None, Warning_(
+            where,
+            f"{obj.cls}: empty box (x1={obj.x1:g}, y1={obj.y1:g}, x2={obj.x2:g}, "
+            f"y2={obj.y2:g}: needs x2 > x1 and y2 > y1); object dropped",
+            "empty box",
+        )
     if obj.x2 <= 0 or obj.y2 <= 0 or obj.x1 >= width or obj.y1 >= height:
-        return None, Warning_(where, f"{obj.cls}: box ({obj.x1:g}, {obj.y1:g}, {obj.x2:g}, {obj.y2:g}) lies "
-                                     f"outside the {width}x{height} image; object dropped", "outside")
-    clipped = replace(obj, x1=max(obj.x1, 0.0), y1=max(obj.y1, 0.0), x2=min(obj.x2, float(width)),
-                      y2=min(obj.y2, float(height)))
+        return None, Warning_(
+            where,
+            f"{obj.cls}: box ({obj.x1:g}, {obj.y1:g}, {obj.x2:g}, {obj.y2:g}) lies "
+            f"outside the {width}x{height} image; object dropped",
+            "outside",
+        )
+    clipped = replace(
+        obj, x1=max(obj.x1, 0.0), y1=max(obj.y1, 0.0), x2=min(obj.x2, float(width)), y2=min(obj.y2, float(height))
+    )
     if clipped != obj:
-        return clipped, Warning_(where, f"{obj.cls}: box ({obj.x1:g}, {obj.y1:g}, {obj.x2:g}, {obj.y2:g}) extends "
-                                        f"outside the {width}x{height} image; clipped", "clipped")
+        return clipped, Warning_(
+            where,
+            f"{obj.cls}: box ({obj.x1:g}, {obj.y1:g}, {obj.x2:g}, {obj.y2:g}) extends "
+            f"outside the {width}x{height} image; clipped",
+            "clipped",
+        )
     return obj, None
 
 
@@ -195,8 +231,11 @@ def find_files(folder: Path, extension: str) -> dict[str, Path]:
         id_ = p.name[: len(p.name) - len(ext)]
         key = id_.lower()
         if key in seen:
-            raise DataError(p, f"duplicate id {id_!r}: {seen[key].name} has the same id "
-                               "(ids compare case-insensitively); rename or remove one of them")
+            raise DataError(
+                p,
+                f"duplicate id {id_!r}: {seen[key].name} has the same id "
+                "(ids compare case-insensitively); rename or remove one of them",
+            )
         seen[key] = p
         out[id_] = p
     return out
@@ -222,26 +261,28 @@ def scan_dataset(
     images = find_files(image_dir, image_extension)
     labels = find_files(label_dir, ".txt") if label_dir.is_dir() else {}
     if not images:
-        raise DataError(image_dir, f"empty dataset: no '*{image_extension}' images "
-                                   "(config key dataset.image_extension)")
+        raise DataError(
+            image_dir, f"empty dataset: no '*{image_extension}' images (config key dataset.image_extension)"
+        )
     image_ids = {k.lower() for k in images}
     orphans = [p for k, p in labels.items() if k.lower() not in image_ids]
     if orphans:
         more = f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""
-        raise DataError(orphans[0], f"label file has no image: expected {image_dir / (orphans[0].stem + image_extension)}"
-                                    f"{more}")
+        raise DataError(
+            orphans[0], f"label file has no image: expected {image_dir / (orphans[0].stem + image_extension)}{more}"
+        )
     labels_by_key = {k.lower(): p for k, p in labels.items()}
 
     records: list[ImageRecord] = []
     warnings: list[Warning_] = []
-    for id_, img_path in tqdm(images.items(), desc="validate", unit="img", disable=not progress or None,
-                              leave=False):
+    for id_, img_path in tqdm(images.items(), desc="validate", unit="img", disable=not progress or None, leave=False):
         width, height = image_size(img_path)
         label_path = labels_by_key.get(id_.lower())
         objects: list[KittiObject] = []
         if label_path is None:
-            warnings.append(Warning_(str(img_path), "image has no label file; treated as an image with no objects",
-                                     "no label"))
+            warnings.append(
+                Warning_(str(img_path), "image has no label file; treated as an image with no objects", "no label")
+            )
         else:
             for obj in read_label_file(label_path):
                 kept, warning = check_box(obj, width, height, f"{label_path}:{obj.line}")

@@ -64,9 +64,21 @@ class Batch:
     occluded: torch.Tensor  # [M]
     indices: torch.Tensor  # [B] dataset index of each image
 
-    def to(self, device: torch.device) -> "Batch":
-        return Batch(*(t.to(device) for t in (self.images, self.boxes, self.classes, self.image_index,
-                                              self.truncated, self.occluded, self.indices)))
+    def to(self, device: torch.device) -> Batch:
+        return Batch(
+            *(
+                t.to(device)
+                for t in (
+                    self.images,
+                    self.boxes,
+                    self.classes,
+                    self.image_index,
+                    self.truncated,
+                    self.occluded,
+                    self.indices,
+                )
+            )
+        )
 
     def ground_truth(self) -> list[GroundTruth]:
         """Per-image ground truth (numpy) for the evaluator."""

@@ -7,8 +7,8 @@ the report checks the conversion too.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -22,8 +22,13 @@ KITTI_HEIGHT_LINES = (25, 40)
 MAX_WARNINGS_IN_MARKDOWN = 50
 
 
-def summarise(splits: dict[str, SplitIndex], classes: list[str], records: Sequence[ImageRecord],
-              mapping: dict[str, str], warnings: Sequence[Warning_]) -> dict:
+def summarise(
+    splits: dict[str, SplitIndex],
+    classes: list[str],
+    records: Sequence[ImageRecord],
+    mapping: dict[str, str],
+    warnings: Sequence[Warning_],
+) -> dict:
     """Counts as a nested dict: per split, images / objects per class / ignore regions / empty images."""
     out: dict = {"classes": classes, "splits": {}}
     for split, index in splits.items():
@@ -72,8 +77,10 @@ def plot_box_heights(path: Path, splits: dict[str, SplitIndex], classes: list[st
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    heights = {c: np.concatenate([s.boxes[s.class_ids == k, 3] - s.boxes[s.class_ids == k, 1]
-                                  for s in splits.values()]) for k, c in enumerate(classes)}
+    heights = {
+        c: np.concatenate([s.boxes[s.class_ids == k, 3] - s.boxes[s.class_ids == k, 1] for s in splits.values()])
+        for k, c in enumerate(classes)
+    }
     top = max([float(h.max()) for h in heights.values() if len(h)] + [50.0])
     bins = np.linspace(0, top, 40)
     for c, h in heights.items():
@@ -93,17 +100,26 @@ def plot_box_heights(path: Path, splits: dict[str, SplitIndex], classes: list[st
 
 def markdown(summary: dict, warnings: Sequence[Warning_], source: str) -> str:
     classes = summary["classes"]
-    lines = [f"# Dataset report: {source}", "", "| split | images | " + " | ".join(classes) +
-             " | ignore regions | images without objects |",
-             "|---|---:|" + "---:|" * len(classes) + "---:|---:|"]
+    lines = [
+        f"# Dataset report: {source}",
+        "",
+        "| split | images | " + " | ".join(classes) + " | ignore regions | images without objects |",
+        "|---|---:|" + "---:|" * len(classes) + "---:|---:|",
+    ]
     for split in SPLITS:
         s = summary["splits"][split]
-        lines.append(f"| {split} | {s['num_images']} | " + " | ".join(str(s["num_objects"][c]) for c in classes)
-                     + f" | {s['num_ignore_regions']} | {s['num_images_without_objects']} |")
+        lines.append(
+            f"| {split} | {s['num_images']} | "
+            + " | ".join(str(s["num_objects"][c]) for c in classes)
+            + f" | {s['num_ignore_regions']} | {s['num_images_without_objects']} |"
+        )
     lines += ["", "![box heights](box_heights.png)", ""]
     if summary["unmapped_classes"]:
-        lines += ["Objects of classes not in `dataset.target_class_mapping` (left out): "
-                  + ", ".join(f"{k} {v}" for k, v in summary["unmapped_classes"].items()), ""]
+        lines += [
+            "Objects of classes not in `dataset.target_class_mapping` (left out): "
+            + ", ".join(f"{k} {v}" for k, v in summary["unmapped_classes"].items()),
+            "",
+        ]
     lines.append(f"## Warnings: {summary['num_warnings']}")
     for kind, n in summary["warnings_by_kind"].items():
         lines.append(f"- {kind}: {n}")
@@ -115,8 +131,15 @@ def markdown(summary: dict, warnings: Sequence[Warning_], source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: Path, splits: dict[str, SplitIndex], classes: list[str], records: Sequence[ImageRecord],
-                 mapping: dict[str, str], warnings: Sequence[Warning_], source: str) -> dict:
+def write_report(
+    out_dir: Path,
+    splits: dict[str, SplitIndex],
+    classes: list[str],
+    records: Sequence[ImageRecord],
+    mapping: dict[str, str],
+    warnings: Sequence[Warning_],
+    source: str,
+) -> dict:
     summary = summarise(splits, classes, records, mapping, warnings)
     write_json_atomic(out_dir / "report.json", summary)
     write_text_atomic(out_dir / "report.md", markdown(summary, warnings, source))

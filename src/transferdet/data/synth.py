@@ -29,8 +29,18 @@ from transferdet.data.kitti import KittiObject, write_label_file
 CAMERA_HEIGHT = 1.65  # metres above the road, as KITTI's
 # real-world sizes (height, width, length) in metres
 SIZES = {"car": (1.5, 1.7, 4.2), "pedestrian": (1.75, 0.6, 0.6), "cyclist": (1.75, 0.6, 1.8)}
-PALETTE_CAR = [(180, 20, 20), (20, 40, 150), (230, 230, 230), (30, 30, 30), (120, 120, 125), (200, 170, 30),
-               (20, 110, 50), (150, 150, 160), (90, 20, 90), (210, 100, 20)]
+PALETTE_CAR = [
+    (180, 20, 20),
+    (20, 40, 150),
+    (230, 230, 230),
+    (30, 30, 30),
+    (120, 120, 125),
+    (200, 170, 30),
+    (20, 110, 50),
+    (150, 150, 160),
+    (90, 20, 90),
+    (210, 100, 20),
+]
 
 
 @dataclass
@@ -100,8 +110,9 @@ class SceneRenderer:
         # road: a trapezoid converging on the vanishing point, with lane markings
         half_bottom = rng.uniform(0.6, 1.2) * w
         road = _colour(rng, (95, 95, 100), 30)
-        d.polygon([(self.cx - 2, hz), (self.cx + 2, hz), (self.cx + half_bottom, h), (self.cx - half_bottom, h)],
-                  fill=road)
+        d.polygon(
+            [(self.cx - 2, hz), (self.cx + 2, hz), (self.cx + half_bottom, h), (self.cx - half_bottom, h)], fill=road
+        )
         for lane in (-1.0, 1.0):
             for k in range(12):
                 z0, z1 = 4 + k * 6, 4 + k * 6 + 3
@@ -168,8 +179,17 @@ class SceneRenderer:
             for cx in (r, w - 1 - r):
                 d.ellipse([cx - r, h - 1 - 2 * r, cx + r, h - 1], outline=(25, 25, 25), width=t + 1)
             hub_y = h - 1 - r
-            d.line([(r, hub_y), (0.45 * w, hub_y - r), (w - 1 - r, hub_y), (0.6 * w, hub_y - 1.3 * r), (0.45 * w, hub_y - r)],
-                   fill=frame, width=t)
+            d.line(
+                [
+                    (r, hub_y),
+                    (0.45 * w, hub_y - r),
+                    (w - 1 - r, hub_y),
+                    (0.6 * w, hub_y - 1.3 * r),
+                    (0.45 * w, hub_y - r),
+                ],
+                fill=frame,
+                width=t,
+            )
             self._person(d, w, h, 0, hub_y - 0.3 * r, legs=False)
             d.line([(0.45 * w, hub_y - r), (0.5 * w, hub_y)], fill=(40, 40, 60), width=max(1, int(0.08 * h)))
         else:
@@ -196,7 +216,10 @@ class SceneRenderer:
 
 
 CLUTTER = {  # kind -> (height m, width m)
-    "pole": (4.0, 0.15), "sign": (2.6, 0.7), "bush": (1.2, 1.8), "box": (1.1, 1.3),
+    "pole": (4.0, 0.15),
+    "sign": (2.6, 0.7),
+    "bush": (1.2, 1.8),
+    "box": (1.1, 1.3),
 }
 
 
@@ -266,8 +289,10 @@ def render_image(index: int, cfg) -> tuple[Image.Image, list[KittiObject]]:
 
     # draw far to near; the id map records which thing owns each pixel, for honest occlusion
     owner = np.full((H, W), -1, np.int32)
-    scene = sorted([(o.depth, i, o) for i, o in enumerate(kept)] +
-                   [(c.depth, len(kept) + j, c) for j, c in enumerate(clutter)], key=lambda t: -t[0])
+    scene = sorted(
+        [(o.depth, i, o) for i, o in enumerate(kept)] + [(c.depth, len(kept) + j, c) for j, c in enumerate(clutter)],
+        key=lambda t: -t[0],
+    )
     drawn_pixels = np.zeros(len(kept), np.int64)
     for _, ident, o in scene:
         x0, y0 = int(math.floor(o.x1)), int(math.floor(o.y1))
@@ -291,7 +316,7 @@ def render_image(index: int, cfg) -> tuple[Image.Image, list[KittiObject]]:
         if ys1 <= ys0 or xs1 <= xs0:
             continue
         sub = m[ys0:ys1, xs0:xs1]
-        owner[y0 + ys0:y0 + ys1, x0 + xs0:x0 + xs1][sub] = ident
+        owner[y0 + ys0 : y0 + ys1, x0 + xs0 : x0 + xs1][sub] = ident
         if ident < len(kept):
             drawn_pixels[ident] = int(sub.sum())
 
@@ -310,10 +335,21 @@ def render_image(index: int, cfg) -> tuple[Image.Image, list[KittiObject]]:
         ry = {"side": math.pi * (rng.random() < 0.5), "rear": -math.pi / 2, "front": math.pi / 2}[o.view]
         ry = (ry + rng.normal(0, 0.05) + math.pi) % (2 * math.pi) - math.pi
         alpha = (ry - math.atan2(o.lateral, o.depth) + math.pi) % (2 * math.pi) - math.pi
-        objects.append(KittiObject(
-            cls=o.kind, x1=cx1, y1=cy1, x2=cx2, y2=cy2, truncated=round(truncated, 2), occluded=occluded,
-            alpha=alpha, dimensions=o.size, location=(o.lateral, CAMERA_HEIGHT, o.depth), rotation_y=ry,
-        ))
+        objects.append(
+            KittiObject(
+                cls=o.kind,
+                x1=cx1,
+                y1=cy1,
+                x2=cx2,
+                y2=cy2,
+                truncated=round(truncated, 2),
+                occluded=occluded,
+                alpha=alpha,
+                dimensions=o.size,
+                location=(o.lateral, CAMERA_HEIGHT, o.depth),
+                rotation_y=ry,
+            )
+        )
     objects += [KittiObject("dontcare", *box, truncated=-1, occluded=-1, alpha=-10) for box in ignore]
 
     # lighting and sensor noise
@@ -336,14 +372,14 @@ class _LayerDraw:
 
         def call(*args, **kwargs):
             paint(*args, **kwargs)
-            stencil(*args, **{k: (255 if k in ("fill", "outline") and v is not None else v)
-                              for k, v in kwargs.items()})
+            stencil(*args, **{k: (255 if k in ("fill", "outline") and v is not None else v) for k, v in kwargs.items()})
 
         return call
 
 
-def generate(cfg, root: str | Path, image_dir_name: str = "image_2", label_dir_name: str = "label_2",
-             progress: bool = True) -> dict[str, int]:
+def generate(
+    cfg, root: str | Path, image_dir_name: str = "image_2", label_dir_name: str = "label_2", progress: bool = True
+) -> dict[str, int]:
     """Write ``cfg.num_images`` scenes under ``root``; returns object counts per class."""
     from tqdm import tqdm
 

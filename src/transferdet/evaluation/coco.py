@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -31,16 +31,27 @@ def coco_map(gts: Sequence[GroundTruth], dets: Sequence[Detections], classes: Se
             cats = range(len(classes)) if k < 0 else [int(k)]
             for c in cats:
                 w, h = float(box[2] - box[0]), float(box[3] - box[1])
-                annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": c + 1,
-                                    "bbox": _xywh(box), "area": w * h, "iscrowd": int(k < 0)})
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": i,
+                        "category_id": c + 1,
+                        "bbox": _xywh(box),
+                        "area": w * h,
+                        "iscrowd": int(k < 0),
+                    }
+                )
         for box, k, s in zip(det.boxes, det.class_ids, det.scores):
             results.append({"image_id": i, "category_id": int(k) + 1, "bbox": _xywh(box), "score": float(s)})
     if not any(a["iscrowd"] == 0 for a in annotations):
         return {"mAP_coco": float("nan"), "AP50_coco": float("nan")}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and table
         coco_gt = COCO()
-        coco_gt.dataset = {"images": images, "annotations": annotations,
-                           "categories": [{"id": k + 1, "name": c} for k, c in enumerate(classes)]}
+        coco_gt.dataset = {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": k + 1, "name": c} for k, c in enumerate(classes)],
+        }
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(results) if results else COCO()
         if not results:

@@ -19,8 +19,8 @@ in metrics.json) and is left out of the mean.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -56,8 +56,11 @@ class Level:
 
 
 ALL = Level("all")
-KITTI_LEVELS = (Level("easy", 40, math.inf, 0, 0.15), Level("moderate", 25, math.inf, 1, 0.30),
-                Level("hard", 25, math.inf, 2, 0.50))
+KITTI_LEVELS = (
+    Level("easy", 40, math.inf, 0, 0.15),
+    Level("moderate", 25, math.inf, 1, 0.30),
+    Level("hard", 25, math.inf, 2, 0.50),
+)
 SIZE_LEVELS = (Level("small", 0, 25), Level("medium", 25, 50), Level("large", 50, math.inf))
 
 
@@ -170,8 +173,11 @@ class Evaluator:
                 d, s, d_h = d[order], s[order], d_h[order]
 
                 iou = iou_matrix(d, g, inclusive)
-                in_dc = (fraction_inside(d, dontcare, inclusive) >= DONTCARE_INSIDE_FRACTION).any(axis=1) \
-                    if len(dontcare) else np.zeros(len(d), bool)
+                in_dc = (
+                    (fraction_inside(d, dontcare, inclusive) >= DONTCARE_INSIDE_FRACTION).any(axis=1)
+                    if len(dontcare)
+                    else np.zeros(len(d), bool)
+                )
                 threshold = self.cfg.minimum_detection_ground_truth_overlap[cls]
                 for lv in self.levels:
                     valid = lv.gt_valid(g_h, occ, trunc)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import configparser
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from transferdet.config.schema import ClusteringAlgorithm, PostprocessingConfig
 from transferdet.export.onnx_export import INPUT_NAME, OUTPUT_NAMES
@@ -19,9 +19,19 @@ NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}
 CLUSTER_MODE = {ClusteringAlgorithm.dbscan: 1, ClusteringAlgorithm.nms: 2, ClusteringAlgorithm.hybrid: 3}
 
 
-def nvinfer_config(*, onnx_file: str, labels_file: str, classes: Sequence[str], width: int, height: int,
-                   data_type: str, post: PostprocessingConfig, calibration_cache: str | None = None,
-                   engine_file: str | None = None, max_batch_size: int = 1) -> str:
+def nvinfer_config(
+    *,
+    onnx_file: str,
+    labels_file: str,
+    classes: Sequence[str],
+    width: int,
+    height: int,
+    data_type: str,
+    post: PostprocessingConfig,
+    calibration_cache: str | None = None,
+    engine_file: str | None = None,
+    max_batch_size: int = 1,
+) -> str:
     cfg = configparser.ConfigParser()
     cfg.optionxform = str  # keep the keys' case and dashes
     first = post.target_class_config[classes[0]].clustering_config
@@ -62,16 +72,32 @@ def nvinfer_config(*, onnx_file: str, labels_file: str, classes: Sequence[str], 
     return out.getvalue()
 
 
-def write_deepstream(folder: Path, *, onnx_file: Path, classes: Sequence[str], width: int, height: int,
-                     data_type: str, post: PostprocessingConfig, calibration_cache: Path | None = None,
-                     max_batch_size: int = 1) -> tuple[Path, Path]:
+def write_deepstream(
+    folder: Path,
+    *,
+    onnx_file: Path,
+    classes: Sequence[str],
+    width: int,
+    height: int,
+    data_type: str,
+    post: PostprocessingConfig,
+    calibration_cache: Path | None = None,
+    max_batch_size: int = 1,
+) -> tuple[Path, Path]:
     """Write ``nvinfer_config.txt`` and ``labels.txt`` (paths relative to the folder, as DeepStream resolves them)."""
     labels = folder / "labels.txt"
     write_text_atomic(labels, "".join(f"{c}\n" for c in classes))
-    text = nvinfer_config(onnx_file=onnx_file.name, labels_file=labels.name, classes=classes, width=width,
-                          height=height, data_type=data_type, post=post,
-                          calibration_cache=calibration_cache.name if calibration_cache else None,
-                          max_batch_size=max_batch_size)
+    text = nvinfer_config(
+        onnx_file=onnx_file.name,
+        labels_file=labels.name,
+        classes=classes,
+        width=width,
+        height=height,
+        data_type=data_type,
+        post=post,
+        calibration_cache=calibration_cache.name if calibration_cache else None,
+        max_batch_size=max_batch_size,
+    )
     config = folder / "nvinfer_config.txt"
     write_text_atomic(config, text)
     return config, labels

@@ -75,9 +75,16 @@ def export_onnx(model: DetectNetV2, path: str | Path, height: int, width: int) -
     path = Path(path)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(net, (dummy,), str(tmp), dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],
-                          output_names=list(OUTPUT_NAMES), do_constant_folding=True,
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"},
-                                        OUTPUT_NAMES[1]: {0: "batch"}})
+        torch.onnx.export(
+            net,
+            (dummy,),
+            str(tmp),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            do_constant_folding=True,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}},
+        )
         onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
     return path

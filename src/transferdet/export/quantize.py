@@ -16,8 +16,8 @@ Two formats of the same quantization:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnx
@@ -39,16 +39,24 @@ class _Reader:
 
     def get_next(self):
         if self._it is None:
-            self._it = ({INPUT_NAME: self.images[i:i + self.batch_size]}
-                        for i in range(0, len(self.images), self.batch_size))
+            self._it = (
+                {INPUT_NAME: self.images[i : i + self.batch_size]} for i in range(0, len(self.images), self.batch_size)
+            )
         return next(self._it, None)
 
     def rewind(self) -> None:
         self._it = None
 
 
-def quantize_int8(fp32_model: Path, out: Path, images: np.ndarray, method: str = "minmax",
-                  batch_size: int = 8, activations: str = "uint8", fmt: str | None = None) -> Path:
+def quantize_int8(
+    fp32_model: Path,
+    out: Path,
+    images: np.ndarray,
+    method: str = "minmax",
+    batch_size: int = 8,
+    activations: str = "uint8",
+    fmt: str | None = None,
+) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -60,23 +68,32 @@ def quantize_int8(fp32_model: Path, out: Path, images: np.ndarray, method: str =
     fmt = fmt or ("qdq" if symmetric else "qoperator")
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}; allowed: {', '.join(FORMATS)}")
-    calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-             "percentile": CalibrationMethod.Percentile}[method]
+    calib = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
     with atomic_path(out.with_suffix(".pre.onnx")) as pre, atomic_path(out) as tmp:
         quant_pre_process(str(fp32_model), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(tmp), _Reader(images.astype(np.float32), batch_size),
-                        quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
-                        per_channel=True,
-                        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=calib,
-                        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+        quantize_static(
+            str(pre),
+            str(tmp),
+            _Reader(images.astype(np.float32), batch_size),
+            quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+            per_channel=True,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=calib,
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+        )
         onnx.checker.check_model(onnx.load(str(tmp)))
     out.with_suffix(".pre.onnx").unlink(missing_ok=True)
     return out
 
 
-def calibration_ranges(fp32_model: Path, images: np.ndarray, method: str = "minmax", batch_size: int = 8,
-                       activations: str = "uint8") -> dict[str, float]:
+def calibration_ranges(
+    fp32_model: Path, images: np.ndarray, method: str = "minmax", batch_size: int = 8, activations: str = "uint8"
+) -> dict[str, float]:
     """Activation ranges for TensorRT's calibration cache, from a QDQ quantization in a temporary folder."""
     import tempfile
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from transferdet.utils.io import write_text_atomic
 

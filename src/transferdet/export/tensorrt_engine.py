@@ -12,8 +12,10 @@ from pathlib import Path
 from transferdet.export.onnx_export import INPUT_NAME
 from transferdet.utils.io import atomic_path
 
-INSTALL_HINT = ("install TensorRT on a machine with an NVIDIA GPU (pip install 'transferdet[tensorrt]'), or build "
-                "the engine there with: trtexec --onnx=MODEL.onnx --saveEngine=model.engine [--fp16|--int8]")
+INSTALL_HINT = (
+    "install TensorRT on a machine with an NVIDIA GPU (pip install 'transferdet[tensorrt]'), or build "
+    "the engine there with: trtexec --onnx=MODEL.onnx --saveEngine=model.engine [--fp16|--int8]"
+)
 
 
 def tensorrt_unavailable() -> str | None:
@@ -29,8 +31,9 @@ def tensorrt_unavailable() -> str | None:
     return None
 
 
-def build_engine(onnx_path: Path, engine_path: Path, *, data_type: str, height: int, width: int,
-                 max_batch_size: int, workspace: int) -> str | None:
+def build_engine(
+    onnx_path: Path, engine_path: Path, *, data_type: str, height: int, width: int, max_batch_size: int, workspace: int
+) -> str | None:
     """Build and write a serialized engine; returns None on success or the reason it was not built."""
     reason = tensorrt_unavailable()
     if reason:

@@ -11,9 +11,10 @@ import logging
 import os
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -74,23 +75,30 @@ def load_module(path: str | Path, overrides: Sequence[str] = ()) -> DetectNetMod
     obj = load_tensor_file(path, "checkpoint")
     hp = obj.get("hyper_parameters")
     if "state_dict" not in obj or not isinstance(hp, dict) or "config" not in hp or "classes" not in hp:
-        raise DataError(path, "not a transferdet checkpoint (no state_dict with hyper_parameters config/classes); "
-                              "a plain backbone state dict goes to model.pretrained_model_file")
+        raise DataError(
+            path,
+            "not a transferdet checkpoint (no state_dict with hyper_parameters config/classes); "
+            "a plain backbone state dict goes to model.pretrained_model_file",
+        )
     config = apply_overrides(hp["config"], overrides, GROUPS)
     try:
         module = DetectNetModule(config, hp["classes"], hp.get("channel_plan"))
     except KeyError as err:
-        raise DataError(path, f"the checkpoint's channel plan does not fit a ResNet-{config['model']['num_layers']}: "
-                              f"{err}") from None
+        raise DataError(
+            path, f"the checkpoint's channel plan does not fit a ResNet-{config['model']['num_layers']}: {err}"
+        ) from None
     try:
         missing, unexpected = module.load_state_dict(obj["state_dict"], strict=False)
     except RuntimeError as err:  # tensor shapes differ from the architecture
         first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)[:200])
-        raise DataError(path, f"tensor shapes do not match the architecture (a pruned checkpoint without its "
-                              f"channel plan?): {first}") from None
+        raise DataError(
+            path,
+            f"tensor shapes do not match the architecture (a pruned checkpoint without its channel plan?): {first}",
+        ) from None
     if missing or unexpected:
-        raise DataError(path, f"checkpoint does not fit its own architecture: missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}")
+        raise DataError(
+            path, f"checkpoint does not fit its own architecture: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     return module.eval()
 
 
@@ -104,15 +112,20 @@ def load_onnx(path: str | Path, overrides: Sequence[str] = (), threads: int | No
 
     path = Path(path)
     if not path.is_file() or path.suffix.lower() != ".onnx":
-        raise ConfigError("checkpoint", str(path), "an existing .onnx file written by `transferdet export` with "
-                                                   "runtime=onnxruntime (runtime=torch runs .ckpt checkpoints)")
+        raise ConfigError(
+            "checkpoint",
+            str(path),
+            "an existing .onnx file written by `transferdet export` with "
+            "runtime=onnxruntime (runtime=torch runs .ckpt checkpoints)",
+        )
     try:
         meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     except Exception as err:  # onnx raises DecodeError and friends for a broken file
         raise DataError(path, f"not a readable ONNX model ({err.__class__.__name__})") from None
     if ONNX_CONFIG_KEY not in meta or ONNX_CLASSES_KEY not in meta:
-        raise DataError(path, "ONNX model without transferdet metadata (classes and settings): export it with "
-                              "`transferdet export`")
+        raise DataError(
+            path, "ONNX model without transferdet metadata (classes and settings): export it with `transferdet export`"
+        )
     config = apply_overrides(json.loads(meta[ONNX_CONFIG_KEY]), overrides, GROUPS)
     module = DetectNetModule(config, json.loads(meta[ONNX_CLASSES_KEY])).eval()
     options = ort.SessionOptions()
@@ -147,8 +160,9 @@ class CudaGraphs:
         # cuDNN's settings for these convolutions only (a graph keeps the algorithms of its capture): the
         # fastest algorithms, and fp32 that is fp32 (no TF32), so the exported models' parity is checked
         # against the real thing; training in the same process keeps its own settings
-        with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False,
-                                        allow_tf32=self.dtype != torch.float32):
+        with torch.backends.cudnn.flags(
+            enabled=True, benchmark=True, deterministic=False, allow_tf32=self.dtype != torch.float32
+        ):
             with torch.cuda.stream(side):  # warm-up outside the capture (cuDNN picks its algorithms here)
                 for _ in range(3):
                     self.model(x)
@@ -172,8 +186,9 @@ class CudaGraphs:
 
 
 class Predictor:
-    def __init__(self, module: DetectNetModule, device: str | torch.device = "cpu", session=None,
-                 precision: str = "fp32") -> None:
+    def __init__(
+        self, module: DetectNetModule, device: str | torch.device = "cpu", session=None, precision: str = "fp32"
+    ) -> None:
         self.module = module.to(device).eval()
         self.device = torch.device(device)
         self.session = session  # ONNX Runtime session; None = the PyTorch model
@@ -185,8 +200,12 @@ class Predictor:
             dtype = torch.float16 if precision == "fp16" else torch.float32
             self.graphs = CudaGraphs(self.module.model.to(dtype=dtype, memory_format=torch.channels_last))
         elif precision != "fp32":
-            raise ConfigError("precision", precision, "fp32 here: fp16 runs the torch runtime on a CUDA GPU (for "
-                                                      "ONNX Runtime, export an fp16 model: export.data_type=fp16)")
+            raise ConfigError(
+                "precision",
+                precision,
+                "fp32 here: fp16 runs the torch runtime on a CUDA GPU (for "
+                "ONNX Runtime, export an fp16 model: export.data_type=fp16)",
+            )
         elif session is None:
             # on a CPU: BatchNorm folded into the convolutions and channels_last (oneDNN's own layout), measured
             # 1.5x faster for a pruned ResNet-18 at batch 1 (thin layers), 1.1x for an unpruned one
@@ -209,13 +228,19 @@ class Predictor:
         return Detections(boxes, det.class_ids, det.scores)
 
     @classmethod
-    def for_module(cls, module: DetectNetModule, precision: str = "fp32") -> "Predictor":
+    def for_module(cls, module: DetectNetModule, precision: str = "fp32") -> Predictor:
         """The torch runtime for an already loaded module: on the GPU when there is one, else the CPU."""
         return cls(module, "cuda" if torch.cuda.is_available() else "cpu", precision=precision)
 
     @classmethod
-    def load(cls, path: str | Path, runtime: str = "torch", overrides: Sequence[str] = (),
-             threads: int | None = None, precision: str = "fp32") -> "Predictor":
+    def load(
+        cls,
+        path: str | Path,
+        runtime: str = "torch",
+        overrides: Sequence[str] = (),
+        threads: int | None = None,
+        precision: str = "fp32",
+    ) -> Predictor:
         """A predictor for a checkpoint (``torch``) or an exported ONNX model (``onnxruntime``).
 
         ``threads``: ONNX Runtime's threads per run (default: one per core); PyTorch's are process-wide
@@ -224,16 +249,24 @@ class Predictor:
         if precision not in PRECISIONS:
             raise ConfigError("precision", precision, " | ".join(PRECISIONS))
         if runtime != "torch" and precision != "fp32":
-            raise ConfigError("precision", precision, f"fp32 with runtime={runtime}: an exported model runs in the "
-                                                      f"precision it was exported in (export.data_type)")
+            raise ConfigError(
+                "precision",
+                precision,
+                f"fp32 with runtime={runtime}: an exported model runs in the "
+                f"precision it was exported in (export.data_type)",
+            )
         if runtime == "torch":
             return cls.for_module(load_module(path, overrides), precision)
         if runtime == "onnxruntime":
             module, session = load_onnx(path, overrides, threads)
             return cls(module, "cpu", session)
         if runtime == "tensorrt":
-            raise ConfigError("runtime", runtime, "torch or onnxruntime on this machine: the tensorrt runtime needs "
-                                                  "an NVIDIA GPU and `pip install transferdet[tensorrt]`")
+            raise ConfigError(
+                "runtime",
+                runtime,
+                "torch or onnxruntime on this machine: the tensorrt runtime needs "
+                "an NVIDIA GPU and `pip install transferdet[tensorrt]`",
+            )
         raise ConfigError("runtime", runtime, ", ".join(RUNTIMES))
 
     @torch.no_grad()
@@ -255,8 +288,9 @@ class Predictor:
         found = self.module.postprocessor(*self.outputs(batch))
         return [self.to_image_coordinates(d, im.shape[1], im.shape[0]) for d, im in zip(found, images)]
 
-    def stream(self, items: Iterable[T], load: Callable[[T], np.ndarray], batch_size: int = 1,
-               workers: int = 2) -> Iterator[tuple[list[T], list[np.ndarray], list[Detections]]]:
+    def stream(
+        self, items: Iterable[T], load: Callable[[T], np.ndarray], batch_size: int = 1, workers: int = 2
+    ) -> Iterator[tuple[list[T], list[np.ndarray], list[Detections]]]:
         """``(items, images, detections)`` batch by batch, in input order, for a stream of inputs.
 
         ``workers`` threads each load (decode) and run one batch while the others run theirs: image
@@ -264,6 +298,7 @@ class Predictor:
         overlap the network of another. At most ``2 x workers`` batches are in flight, so memory does not
         grow with the input. ``workers=1`` runs batch after batch in the calling thread.
         """
+
         def run(chunk: list[T]) -> tuple[list[T], list[np.ndarray], list[Detections]]:
             images = [load(item) for item in chunk]
             return chunk, images, self(images)

@@ -13,7 +13,7 @@ Objective weights start at ``initial_weight`` normalised over the class's object
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -40,8 +40,9 @@ class DetectNetCost(nn.Module):
         self.register_buffer("foreground_weight", torch.tensor([p.coverage_foreground_weight for p in per]))
         initial = torch.tensor([[p.objectives[o].initial_weight for o in OBJECTIVES] for p in per])  # [C, 2]
         self.register_buffer("objective_weight", initial / initial.sum(1, keepdim=True).clamp(min=1e-12))
-        self.register_buffer("weight_target", torch.tensor([[p.objectives[o].weight_target for o in OBJECTIVES]
-                                                            for p in per]))
+        self.register_buffer(
+            "weight_target", torch.tensor([[p.objectives[o].weight_target for o in OBJECTIVES] for p in per])
+        )
         # sums of the epoch's per-batch mean costs, for autoweighting
         self.register_buffer("epoch_cost_sum", torch.zeros(len(per), len(OBJECTIVES)))
         self.autoweighting = cfg.enable_autoweighting
@@ -66,8 +67,9 @@ class DetectNetCost(nn.Module):
         """Per-class, per-objective costs ``[C, 2]`` -> the total, by class and objective weights."""
         return (self.class_weight[:, None] * self.objective_weight * costs).sum()
 
-    def distillation(self, cov: torch.Tensor, bbox: torch.Tensor, teacher_cov: torch.Tensor,
-                     teacher_bbox: torch.Tensor) -> torch.Tensor:
+    def distillation(
+        self, cov: torch.Tensor, bbox: torch.Tensor, teacher_cov: torch.Tensor, teacher_bbox: torch.Tensor
+    ) -> torch.Tensor:
         """Cost of the outputs against a teacher's: coverage by cross-entropy against the teacher's coverage,
         boxes by L1 weighted by the teacher's coverage (where it sees an object), mean over cells; the classes
         and objectives weighted as in the DetectNet cost."""

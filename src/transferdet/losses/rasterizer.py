@@ -8,8 +8,8 @@ rank of a box within its (image, class), never over cells.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -30,8 +30,17 @@ class Targets:
 class Rasterizer:
     """Encodes boxes for a fixed class list, canvas and stride."""
 
-    def __init__(self, classes: Sequence[str], cfg: RasterizerConfig, *, width: int, height: int,
-                 stride: int = 16, bbox_scale: float = 35.0, bbox_offset: float = 0.5) -> None:
+    def __init__(
+        self,
+        classes: Sequence[str],
+        cfg: RasterizerConfig,
+        *,
+        width: int,
+        height: int,
+        stride: int = 16,
+        bbox_scale: float = 35.0,
+        bbox_offset: float = 0.5,
+    ) -> None:
         self.num_classes = len(classes)
         per = [cfg.target_class_config[c] for c in classes]
         self.center_x = torch.tensor([p.cov_center_x for p in per])
@@ -55,8 +64,9 @@ class Rasterizer:
         m = inside.shape[0]
         return inside.view(m, self.grid_h, SUPERSAMPLE, self.grid_w, SUPERSAMPLE).float().mean(dim=(2, 4))
 
-    def __call__(self, boxes: torch.Tensor, classes: torch.Tensor, image_index: torch.Tensor,
-                 batch_size: int) -> Targets:
+    def __call__(
+        self, boxes: torch.Tensor, classes: torch.Tensor, image_index: torch.Tensor, batch_size: int
+    ) -> Targets:
         """``boxes [M, 4]`` canvas pixels, ``classes [M]`` (-1 = ignore region), ``image_index [M]``."""
         device = boxes.device
         B, C, H, W = batch_size, self.num_classes, self.grid_h, self.grid_w
@@ -115,17 +125,25 @@ class Rasterizer:
                 take = (c >= cur) & (c > 0)
                 keep_old = ~(clear | take)
                 maxcov[bs, ks] = torch.where(take, c, cur)
-                weight[bs, ks] = torch.where(take, c * norm[sel, None, None],
-                                             torch.where(keep_old, weight[bs, ks], torch.zeros_like(cur)))
-                bbox[bs, ks] = torch.where(take[:, None], targets[sel],
-                                           torch.where(keep_old[:, None], bbox[bs, ks], torch.zeros_like(targets[sel])))
+                weight[bs, ks] = torch.where(
+                    take, c * norm[sel, None, None], torch.where(keep_old, weight[bs, ks], torch.zeros_like(cur))
+                )
+                bbox[bs, ks] = torch.where(
+                    take[:, None],
+                    targets[sel],
+                    torch.where(keep_old[:, None], bbox[bs, ks], torch.zeros_like(targets[sel])),
+                )
 
         mask = torch.ones(B, C, H, W, device=device)
         ign = ~obj
         if ign.any():
             g = boxes[ign].float() / self.stride
-            inside = ((px[None, None, :] >= g[:, 0, None, None]) & (px[None, None, :] <= g[:, 2, None, None]) &
-                      (py[None, :, None] >= g[:, 1, None, None]) & (py[None, :, None] <= g[:, 3, None, None]))
+            inside = (
+                (px[None, None, :] >= g[:, 0, None, None])
+                & (px[None, None, :] <= g[:, 2, None, None])
+                & (py[None, :, None] >= g[:, 1, None, None])
+                & (py[None, :, None] <= g[:, 3, None, None])
+            )
             covered = inside.view(-1, H, SUPERSAMPLE, W, SUPERSAMPLE).any(dim=4).any(dim=2)  # [Mi, H, W]
             hits = torch.zeros(B, H, W, device=device)
             hits.index_put_((image_index[ign].long(),), covered.float(), accumulate=True)

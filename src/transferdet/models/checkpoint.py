@@ -44,8 +44,11 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
         try:
             torch.save(obj, tmp)
         except RuntimeError as err:  # torch's zip writer reports a failed write (disk full ...) this way
-            raise DataError(path, f"cannot be written ({str(err).splitlines()[0]}): is the disk full, or a file "
-                                  "size limit set? nothing was left under this name") from None
+            raise DataError(
+                path,
+                f"cannot be written ({str(err).splitlines()[0]}): is the disk full, or a file "
+                "size limit set? nothing was left under this name",
+            ) from None
 
 
 def verify_checksum(obj: dict[str, Any], path: Path) -> None:
@@ -54,11 +57,17 @@ def verify_checksum(obj: dict[str, Any], path: Path) -> None:
         return  # a plain state dict (pretrained backbone): no checksum to verify
     expected = obj.get(CHECKSUM_KEY)
     if expected is None:
-        raise DataError(path, "transferdet checkpoint without a weights checksum: not written by transferdet "
-                              "(or edited by hand); refused")
+        raise DataError(
+            path,
+            "transferdet checkpoint without a weights checksum: not written by transferdet "
+            "(or edited by hand); refused",
+        )
     if weights_checksum(obj["state_dict"]) != expected:
-        raise DataError(path, "weights checksum mismatch: the file was corrupted or altered after it was written; "
-                              "refused (use an earlier checkpoint)")
+        raise DataError(
+            path,
+            "weights checksum mismatch: the file was corrupted or altered after it was written; "
+            "refused (use an earlier checkpoint)",
+        )
 
 
 def load_tensor_file(path: str | Path, key: str) -> dict[str, Any]:
@@ -71,10 +80,14 @@ def load_tensor_file(path: str | Path, key: str) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" in str(err):  # a pickle that would build arbitrary objects (run code)
-            raise DataError(path, "refused: the file needs arbitrary code to load (only tensors and plain "
-                                  "containers are accepted, weights_only=True)") from None
-        raise DataError(path, f"not a readable torch file (truncated or corrupt?): {str(err).splitlines()[0]}") \
-            from None
+            raise DataError(
+                path,
+                "refused: the file needs arbitrary code to load (only tensors and plain "
+                "containers are accepted, weights_only=True)",
+            ) from None
+        raise DataError(
+            path, f"not a readable torch file (truncated or corrupt?): {str(err).splitlines()[0]}"
+        ) from None
     except Exception as err:  # noqa: BLE001 - torch's unpickler raises anything on garbage (IndexError, ...)
         first = (str(err).splitlines() or [type(err).__name__])[0]
         raise DataError(path, f"not a readable torch file (truncated or corrupt?): {first}") from None
@@ -104,7 +117,7 @@ class LoadReport:
 def model_state_of(obj: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """The model tensors of a loaded file, named as in DetectNetV2, and the checkpoint's hparams if any."""
     if "state_dict" in obj:  # a transferdet (Lightning) checkpoint
-        state = {k[len("model."):]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
+        state = {k[len("model.") :]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
         return state, obj.get("hyper_parameters")
     # a torchvision / timm ResNet state dict: backbone tensors, classifier dropped
     return {f"backbone.{k}": v for k, v in obj.items() if isinstance(v, torch.Tensor)}, None
@@ -130,13 +143,17 @@ def load_pretrained(model: nn.Module, path: str | Path, classes: list[str]) -> L
             report.mismatched.append(f"{name}: file {tuple(tensor.shape)} vs model {tuple(own[name].shape)}")
         else:
             to_load[name] = tensor
-    unfilled = [k for k in own if k.startswith("backbone.") and k not in to_load
-                and not k.endswith("num_batches_tracked")]
+    unfilled = [
+        k for k in own if k.startswith("backbone.") and k not in to_load and not k.endswith("num_batches_tracked")
+    ]
     if unfilled:  # another ResNet depth, or full-width weights for a pruned model: refuse, do not half-load
         why = next((m for m in report.mismatched if m.startswith(unfilled[0])), "not in the file")
-        raise DataError(path, f"does not fit this model's backbone: {len(unfilled)} backbone tensors would stay "
-                              f"random, e.g. {unfilled[0]} ({why}); use weights of the same ResNet depth as "
-                              "model.num_layers")
+        raise DataError(
+            path,
+            f"does not fit this model's backbone: {len(unfilled)} backbone tensors would stay "
+            f"random, e.g. {unfilled[0]} ({why}); use weights of the same ResNet depth as "
+            "model.num_layers",
+        )
     model.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
     report.missing = sorted(k for k in own if k not in to_load and k not in ("mean", "std"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -56,13 +56,21 @@ def resnet_backbone(depth: int, use_batch_norm: bool = True) -> ResNet:
 class DetectNetV2(nn.Module):
     """``forward(images [B, 3, H, W] RGB in [0, 1]) -> (cov [B, C, H/16, W/16], bbox [B, 4C, H/16, W/16])``."""
 
-    def __init__(self, num_classes: int, depth: int = 18, *, use_batch_norm: bool = True,
-                 mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225)) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        depth: int = 18,
+        *,
+        use_batch_norm: bool = True,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+    ) -> None:
         super().__init__()
         self.num_classes, self.depth, self.use_batch_norm = num_classes, depth, use_batch_norm
         self.backbone = resnet_backbone(depth, use_batch_norm)
-        features = self.backbone.layer4[-1].conv3.out_channels if depth >= 50 else \
-            self.backbone.layer4[-1].conv2.out_channels
+        features = (
+            self.backbone.layer4[-1].conv3.out_channels if depth >= 50 else self.backbone.layer4[-1].conv2.out_channels
+        )
         self.output_cov = nn.Conv2d(features, num_classes, 1)
         self.output_bbox = nn.Conv2d(features, 4 * num_classes, 1)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
@@ -95,9 +103,13 @@ class DetectNetV2(nn.Module):
         return [[b.conv1, b.bn1], [b.layer1], [b.layer2], [b.layer3], [b.layer4]]
 
 
-def build_detector(num_classes: int, depth: int, use_batch_norm: bool = True,
-                   mean: Sequence[float] = (0.485, 0.456, 0.406),
-                   std: Sequence[float] = (0.229, 0.224, 0.225)) -> DetectNetV2:
+def build_detector(
+    num_classes: int,
+    depth: int,
+    use_batch_norm: bool = True,
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+) -> DetectNetV2:
     return DetectNetV2(num_classes, depth, use_batch_norm=use_batch_norm, mean=mean, std=std)
 
 

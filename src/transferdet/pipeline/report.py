@@ -24,8 +24,11 @@ from transferdet.utils.io import atomic_path, write_text_atomic
 log = logging.getLogger("transferdet.pipeline")
 
 # the three models whose accuracy the report compares: stage -> label
-ACCURACY = {"evaluate": "unpruned (PyTorch fp32)", "evaluate_pruned": "pruned + retrained (PyTorch fp32)",
-            "evaluate_int8": "pruned + retrained, INT8 (ONNX Runtime)"}
+ACCURACY = {
+    "evaluate": "unpruned (PyTorch fp32)",
+    "evaluate_pruned": "pruned + retrained (PyTorch fp32)",
+    "evaluate_int8": "pruned + retrained, INT8 (ONNX Runtime)",
+}
 
 
 def _json(path: Path) -> dict | list:
@@ -94,8 +97,15 @@ def plot_training_curves(dirs: dict[str, Path], path: Path) -> bool:
         if ax.lines:
             ax.legend()
         else:
-            ax.text(0.5, 0.5, "nothing logged (fewer steps than trainer.log_every_n_steps)", ha="center",
-                    va="center", transform=ax.transAxes, fontsize=9)
+            ax.text(
+                0.5,
+                0.5,
+                "nothing logged (fewer steps than trainer.log_every_n_steps)",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                fontsize=9,
+            )
     _savefig(fig, path)
     return True
 
@@ -115,9 +125,15 @@ def plot_speed_vs_map(rows: list[dict], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(10.5, 4.5), dpi=100)
     for r in sel:
         marker = "o" if r["model"] == "unpruned" else "s"
-        ax.scatter(r["e2e_ms_p50"], r["mAP"], marker=marker, s=70, alpha=0.85,
-                   label=f"{r['model']} {r['runtime']} {r['precision']}: {r['e2e_ms_p50']:.1f} ms, "
-                         f"{r['speedup_e2e']:.1f}x, mAP {r['mAP']:.3f}")
+        ax.scatter(
+            r["e2e_ms_p50"],
+            r["mAP"],
+            marker=marker,
+            s=70,
+            alpha=0.85,
+            label=f"{r['model']} {r['runtime']} {r['precision']}: {r['e2e_ms_p50']:.1f} ms, "
+            f"{r['speedup_e2e']:.1f}x, mAP {r['mAP']:.3f}",
+        )
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_xscale("log")
     ax.set_xlabel(f"end-to-end ms per image, batch {batch} (log scale)")
@@ -144,20 +160,32 @@ def _dataset_section(cfg: DictConfig, dirs: dict[str, Path], root: Path) -> list
 
 def _accuracy_section(classes: list[str], dirs: dict[str, Path], root: Path, prune: dict) -> tuple[list[str], dict]:
     results = {stage: _json(dirs[stage] / "metrics.json") for stage in ACCURACY}
-    out = ["## Accuracy (validation split)", "",
-           "| model | mAP | " + " | ".join(f"AP {c}" for c in classes) + " | COCO mAP@[.5:.95] |",
-           "|---|---:|" + "---:|" * len(classes) + "---:|"]
+    out = [
+        "## Accuracy (validation split)",
+        "",
+        "| model | mAP | " + " | ".join(f"AP {c}" for c in classes) + " | COCO mAP@[.5:.95] |",
+        "|---|---:|" + "---:|" * len(classes) + "---:|",
+    ]
     for stage, label in ACCURACY.items():
         m = results[stage]
         if stage == "evaluate_pruned" and "mAP_after" in prune:
-            out.append(f"| pruned, before retraining | **{_pct(prune['mAP_after'])}** | "
-                       + " | ".join("" for _ in classes) + " |  |")
+            out.append(
+                f"| pruned, before retraining | **{_pct(prune['mAP_after'])}** | "
+                + " | ".join("" for _ in classes)
+                + " |  |"
+            )
         if m:
-            out.append(f"| {label} | **{_pct(m.get('mAP'))}** | " + " | ".join(_pct(m.get(f"AP/{c}")) for c in classes)
-                       + f" | {_pct(m.get('mAP_coco'))} |")
+            out.append(
+                f"| {label} | **{_pct(m.get('mAP'))}** | "
+                + " | ".join(_pct(m.get(f"AP/{c}")) for c in classes)
+                + f" | {_pct(m.get('mAP_coco'))} |"
+            )
     out += ["", "AP in %, VOC-style with the evaluation config's IoU thresholds.", ""]
-    pictures = [f"![{label}]({_rel(dirs[s] / 'pr_curves.png', root)})" for s, label in ACCURACY.items()
-                if (dirs[s] / "pr_curves.png").is_file()]
+    pictures = [
+        f"![{label}]({_rel(dirs[s] / 'pr_curves.png', root)})"
+        for s, label in ACCURACY.items()
+        if (dirs[s] / "pr_curves.png").is_file()
+    ]
     if pictures:
         out += ["Precision / recall curves: unpruned, pruned + retrained, INT8.", "", " ".join(pictures), ""]
     return out, results
@@ -173,12 +201,19 @@ def write_report(cfg: DictConfig, run_dir: Path, dirs: dict[str, Path], records:
 
     accuracy, results = _accuracy_section(classes, dirs, run_dir, prune)
     m_unpruned, m_pruned, m_int8 = (results[s].get("mAP") for s in ACCURACY)
-    batch1 = {(r["model"], r["runtime"], r["precision"]): r for r in rows if r["batch"] == min(x["batch"] for x in rows)}
+    batch1 = {
+        (r["model"], r["runtime"], r["precision"]): r for r in rows if r["batch"] == min(x["batch"] for x in rows)
+    }
     best = batch1.get(("pruned", "onnxruntime", "int8"))
-    metrics = {"pipeline/mAP_unpruned": m_unpruned, "pipeline/mAP_pruned_before_retraining": prune.get("mAP_after"),
-               "pipeline/mAP_pruned_retrained": m_pruned,
-               "pipeline/mAP_int8": m_int8, "pipeline/prune_ratio": prune.get("ratio"),
-               "pipeline/params_unpruned": prune.get("params_before"), "pipeline/params_pruned": prune.get("params_after")}
+    metrics = {
+        "pipeline/mAP_unpruned": m_unpruned,
+        "pipeline/mAP_pruned_before_retraining": prune.get("mAP_after"),
+        "pipeline/mAP_pruned_retrained": m_pruned,
+        "pipeline/mAP_int8": m_int8,
+        "pipeline/prune_ratio": prune.get("ratio"),
+        "pipeline/params_unpruned": prune.get("params_before"),
+        "pipeline/params_pruned": prune.get("params_after"),
+    }
     if best:
         metrics["pipeline/speedup_pruned_int8_e2e"] = best["speedup_e2e"]
         metrics["pipeline/e2e_over_network_pruned_int8"] = best["e2e_over_network"]
@@ -188,32 +223,44 @@ def write_report(cfg: DictConfig, run_dir: Path, dirs: dict[str, Path], records:
         v = metrics.get(key)
         return "-" if v is None else f"{v * scale:.{digits}f}{suffix}"
 
-    lines = ["# transferdet pipeline report", "",
-             f"Model `{cfg.model.arch}{cfg.model.num_layers}`, input {cfg.augmentation.preprocessing.output_image_width}"
-             f"x{cfg.augmentation.preprocessing.output_image_height}, classes {', '.join(classes)}; "
-             f"{cfg.training.num_epochs} training epochs, {retrain_epochs(cfg)} retraining epochs"
-             f"{' distilled from the unpruned model' if distill_enabled(cfg) else ''}. Every stage's "
-             "outputs are in its numbered folder.", "",
-             "## Headline", "",
-             "| | value |", "|---|---:|",
-             f"| val mAP (%), unpruned | {fmt('pipeline/mAP_unpruned')} |",
-             f"| val mAP (%), pruned, before retraining | {fmt('pipeline/mAP_pruned_before_retraining')} |",
-             f"| val mAP (%), pruned + retrained | {fmt('pipeline/mAP_pruned_retrained')} |",
-             f"| val mAP (%), pruned + retrained, INT8 | {fmt('pipeline/mAP_int8')} |",
-             f"| pruning ratio (pruned model params / original) | {fmt('pipeline/prune_ratio', 1, 4)} |",
-             f"| parameters | {prune.get('params_before', 0):,} -> {prune.get('params_after', 0):,} |",
-             f"| end-to-end speedup, pruned INT8 (ONNX Runtime) vs unpruned fp32 (PyTorch), batch "
-             f"{min((r['batch'] for r in rows), default=1)} | {fmt('pipeline/speedup_pruned_int8_e2e', 1, 2, 'x')} |",
-             f"| end-to-end (streamed) / network-only throughput, pruned INT8 | "
-             f"{fmt('pipeline/e2e_over_network_pruned_int8', 100, 0, ' %')} |", "",
-             "## Stages", "", "| # | stage | status | time | folder |", "|---:|---|---|---:|---|"]
+    lines = [
+        "# transferdet pipeline report",
+        "",
+        f"Model `{cfg.model.arch}{cfg.model.num_layers}`, input {cfg.augmentation.preprocessing.output_image_width}"
+        f"x{cfg.augmentation.preprocessing.output_image_height}, classes {', '.join(classes)}; "
+        f"{cfg.training.num_epochs} training epochs, {retrain_epochs(cfg)} retraining epochs"
+        f"{' distilled from the unpruned model' if distill_enabled(cfg) else ''}. Every stage's "
+        "outputs are in its numbered folder.",
+        "",
+        "## Headline",
+        "",
+        "| | value |",
+        "|---|---:|",
+        f"| val mAP (%), unpruned | {fmt('pipeline/mAP_unpruned')} |",
+        f"| val mAP (%), pruned, before retraining | {fmt('pipeline/mAP_pruned_before_retraining')} |",
+        f"| val mAP (%), pruned + retrained | {fmt('pipeline/mAP_pruned_retrained')} |",
+        f"| val mAP (%), pruned + retrained, INT8 | {fmt('pipeline/mAP_int8')} |",
+        f"| pruning ratio (pruned model params / original) | {fmt('pipeline/prune_ratio', 1, 4)} |",
+        f"| parameters | {prune.get('params_before', 0):,} -> {prune.get('params_after', 0):,} |",
+        f"| end-to-end speedup, pruned INT8 (ONNX Runtime) vs unpruned fp32 (PyTorch), batch "
+        f"{min((r['batch'] for r in rows), default=1)} | {fmt('pipeline/speedup_pruned_int8_e2e', 1, 2, 'x')} |",
+        f"| end-to-end (streamed) / network-only throughput, pruned INT8 | "
+        f"{fmt('pipeline/e2e_over_network_pruned_int8', 100, 0, ' %')} |",
+        "",
+        "## Stages",
+        "",
+        "| # | stage | status | time | folder |",
+        "|---:|---|---|---:|---|",
+    ]
     from transferdet.pipeline.runner import STAGES, duration
 
     for i, stage in enumerate(STAGES, 1):
         r = records.get(stage.name, {})
         status = r.get("status", "not run") + (f" ({r['reason']})" if r.get("reason") else "")
-        lines.append(f"| {i} | {stage.name} | {status} | {duration(r.get('seconds', 0.0))} | "
-                     f"`{_rel(dirs[stage.name], run_dir)}` |")
+        lines.append(
+            f"| {i} | {stage.name} | {status} | {duration(r.get('seconds', 0.0))} | "
+            f"`{_rel(dirs[stage.name], run_dir)}` |"
+        )
     lines += ["", *_dataset_section(cfg, dirs, run_dir), "## Training", ""]
     if plot_training_curves(dirs, run_dir / "training_curves.png"):
         lines += ["![training curves](training_curves.png)", ""]
@@ -224,21 +271,30 @@ def write_report(cfg: DictConfig, run_dir: Path, dirs: dict[str, Path], records:
     lines += ["", "## Export and parity", ""]
     if parity:
         diff = parity.get("max_abs_diff", {})
-        lines += [f"- max |PyTorch - ONNX Runtime fp32| on validation images: coverage {diff.get('cov', float('nan')):.2e},"
-                  f" bbox {diff.get('bbox', float('nan')):.2e}",
-                  "- val mAP by precision: " + ", ".join(f"{k} {_pct(v)}" for k, v in parity.get("mAP", {}).items()),
-                  f"- TensorRT engine: {parity.get('engine')}",
-                  "- files: " + ", ".join(f"`{_rel(dirs['export'] / f, run_dir)}`" for f in parity.get("files", {}).values())
-                  + "".join(f", `{_rel(dirs['export'] / f, run_dir)}`"
-                            for f in ("calibration.cache", "nvinfer_config.txt", "labels.txt")
-                            if (dirs["export"] / f).is_file()), ""]
+        lines += [
+            f"- max |PyTorch - ONNX Runtime fp32| on validation images: coverage {diff.get('cov', float('nan')):.2e},"
+            f" bbox {diff.get('bbox', float('nan')):.2e}",
+            "- val mAP by precision: " + ", ".join(f"{k} {_pct(v)}" for k, v in parity.get("mAP", {}).items()),
+            f"- TensorRT engine: {parity.get('engine')}",
+            "- files: "
+            + ", ".join(f"`{_rel(dirs['export'] / f, run_dir)}`" for f in parity.get("files", {}).values())
+            + "".join(
+                f", `{_rel(dirs['export'] / f, run_dir)}`"
+                for f in ("calibration.cache", "nvinfer_config.txt", "labels.txt")
+                if (dirs["export"] / f).is_file()
+            ),
+            "",
+        ]
     lines += ["## Speed", ""]
     if rows:
-        lines += [f"Measured on {bench.get('device', '?')} with {bench.get('threads', '?')} threads, one run. Latencies "
-                  "and speedups are end to end (decode, preprocess, network, clustering), one batch at a time, against "
-                  "the unpruned PyTorch fp32 rows; `e2e img/s streamed` is a stream of images with "
-                  f"{bench.get('workers', 1)} batches in flight, as `infer` runs them; network-only is one batch at a "
-                  "time.", ""]
+        lines += [
+            f"Measured on {bench.get('device', '?')} with {bench.get('threads', '?')} threads, one run. Latencies "
+            "and speedups are end to end (decode, preprocess, network, clustering), one batch at a time, against "
+            "the unpruned PyTorch fp32 rows; `e2e img/s streamed` is a stream of images with "
+            f"{bench.get('workers', 1)} batches in flight, as `infer` runs them; network-only is one batch at a "
+            "time.",
+            "",
+        ]
         bench_md = dirs["benchmark"] / "benchmark.md"
         lines += [bench_md.read_text().rstrip() if bench_md.is_file() else "", ""]
         if (dirs["benchmark"] / "benchmark.png").is_file():

@@ -22,10 +22,10 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -44,8 +44,10 @@ Dirs = dict[str, Path]
 
 class StageFailed(TransferdetError):
     def __init__(self, stage: str, folder: Path, err: TransferdetError) -> None:
-        super().__init__(f"stage '{stage}' failed: {err} (finished stages are kept; fix the cause and run the same "
-                         f"command again to resume at '{stage}'; this stage's outputs: {folder})")
+        super().__init__(
+            f"stage '{stage}' failed: {err} (finished stages are kept; fix the cause and run the same "
+            f"command again to resume at '{stage}'; this stage's outputs: {folder})"
+        )
 
 
 def _last(d: Path) -> str:
@@ -69,8 +71,9 @@ def _synthesize_mode(cfg: DictConfig) -> str:
     value = cfg.pipeline.synthesize
     mode = str(value).lower() if isinstance(value, (bool, str)) else ""
     if mode not in ("auto", "true", "false"):
-        raise ConfigError("pipeline.synthesize", value, "auto (when dataset.root is absent and dataset=synthetic), "
-                                                        "true or false")
+        raise ConfigError(
+            "pipeline.synthesize", value, "auto (when dataset.root is absent and dataset=synthetic), true or false"
+        )
     return mode
 
 
@@ -104,22 +107,29 @@ def retrain_epochs(cfg: DictConfig) -> int:
         return explicit
     factor = cfg.pipeline.get("retrain_epochs_factor", 1)
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
-        raise ConfigError("pipeline.retrain_epochs_factor", factor, "a number > 0 (retrain epochs = factor x "
-                                                                   "training.num_epochs)")
+        raise ConfigError(
+            "pipeline.retrain_epochs_factor", factor, "a number > 0 (retrain epochs = factor x training.num_epochs)"
+        )
     return max(1, round(factor * cfg.training.num_epochs))
 
 
 def distill_enabled(cfg: DictConfig) -> bool:
     value = cfg.pipeline.get("distill", False)
     if not isinstance(value, bool):
-        raise ConfigError("pipeline.distill", value, "true (retrain towards the unpruned model's outputs as well as "
-                                                     "the labels) or false")
+        raise ConfigError(
+            "pipeline.distill",
+            value,
+            "true (retrain towards the unpruned model's outputs as well as the labels) or false",
+        )
     return value
 
 
 def _retrain_settings(cfg: DictConfig, d: Dirs) -> dict:
-    settings = {"model.pruned_checkpoint": str(d["prune"] / "pruned.ckpt"), "training.resume": "auto",
-                "training.num_epochs": retrain_epochs(cfg)}
+    settings = {
+        "model.pruned_checkpoint": str(d["prune"] / "pruned.ckpt"),
+        "training.resume": "auto",
+        "training.num_epochs": retrain_epochs(cfg),
+    }
     if distill_enabled(cfg):
         settings["training.distillation.teacher"] = _last(d["train"])
     return settings
@@ -129,22 +139,53 @@ STAGES: list[Stage] = [
     Stage("synth", "synth", "synthesise the default dataset (when absent)", skip=_skip_synth),
     Stage("convert", "convert", "validate and convert the dataset"),
     Stage("train", "train", "train the unpruned model", lambda cfg, d: {"training.resume": "auto"}),
-    Stage("evaluate", "evaluate", "evaluate the unpruned model",
-          lambda cfg, d: {"checkpoint": _last(d["train"]), "runtime": "torch"}),
-    Stage("prune", "prune", "prune the trained model (val mAP before and after)",
-          lambda cfg, d: {"checkpoint": _last(d["train"]), "sweep": False, "evaluate": True}),
+    Stage(
+        "evaluate",
+        "evaluate",
+        "evaluate the unpruned model",
+        lambda cfg, d: {"checkpoint": _last(d["train"]), "runtime": "torch"},
+    ),
+    Stage(
+        "prune",
+        "prune",
+        "prune the trained model (val mAP before and after)",
+        lambda cfg, d: {"checkpoint": _last(d["train"]), "sweep": False, "evaluate": True},
+    ),
     Stage("retrain", "train", "retrain the pruned model", _retrain_settings, merge_key="retrain"),
-    Stage("evaluate_pruned", "evaluate", "evaluate the pruned, retrained model",
-          lambda cfg, d: {"checkpoint": _last(d["retrain"]), "runtime": "torch"}),
-    Stage("calibrate", "calibrate", "write the INT8 calibration tensors",
-          lambda cfg, d: {"checkpoint": _last(d["retrain"])}),
-    Stage("export", "export", "export ONNX fp32 + INT8, TensorRT cache, DeepStream config; parity",
-          lambda cfg, d: {"checkpoint": _last(d["retrain"]), "export.data_type": "int8",
-                          "calibration.cal_data_file": str(d["calibrate"] / "calibration.npy")}),
-    Stage("evaluate_int8", "evaluate", "evaluate the INT8 ONNX model with ONNX Runtime",
-          lambda cfg, d: {"checkpoint": str(d["export"] / "model_int8.onnx"), "runtime": "onnxruntime"}),
-    Stage("benchmark", "benchmark", "benchmark unpruned vs pruned, PyTorch vs ONNX Runtime fp32/INT8",
-          lambda cfg, d: {"benchmark.models": {"unpruned": _last(d["train"]), "pruned": _last(d["retrain"])}}),
+    Stage(
+        "evaluate_pruned",
+        "evaluate",
+        "evaluate the pruned, retrained model",
+        lambda cfg, d: {"checkpoint": _last(d["retrain"]), "runtime": "torch"},
+    ),
+    Stage(
+        "calibrate",
+        "calibrate",
+        "write the INT8 calibration tensors",
+        lambda cfg, d: {"checkpoint": _last(d["retrain"])},
+    ),
+    Stage(
+        "export",
+        "export",
+        "export ONNX fp32 + INT8, TensorRT cache, DeepStream config; parity",
+        lambda cfg, d: {
+            "checkpoint": _last(d["retrain"]),
+            "export.data_type": "int8",
+            "calibration.cal_data_file": str(d["calibrate"] / "calibration.npy"),
+        },
+    ),
+    Stage(
+        "evaluate_int8",
+        "evaluate",
+        "evaluate the INT8 ONNX model with ONNX Runtime",
+        lambda cfg, d: {"checkpoint": str(d["export"] / "model_int8.onnx"), "runtime": "onnxruntime"},
+    ),
+    Stage(
+        "benchmark",
+        "benchmark",
+        "benchmark unpruned vs pruned, PyTorch vs ONNX Runtime fp32/INT8",
+        lambda cfg, d: {"benchmark.models": {"unpruned": _last(d["train"]), "pruned": _last(d["retrain"])}},
+    ),
 ]
 
 
@@ -176,8 +217,11 @@ def stage_config(cfg: DictConfig, stage: Stage, dirs: Dirs) -> DictConfig:
                 try:
                     out.merge_with(extra)
                 except OmegaConfBaseException as err:
-                    raise ConfigError(f"pipeline.{stage.merge_key}", OmegaConf.to_container(extra),
-                                      f"overrides of the {stage.task} config's keys ({err.msg})") from None
+                    raise ConfigError(
+                        f"pipeline.{stage.merge_key}",
+                        OmegaConf.to_container(extra),
+                        f"overrides of the {stage.task} config's keys ({err.msg})",
+                    ) from None
         for key, value in stage.settings(cfg, dirs).items():
             OmegaConf.update(out, key, value, merge=False, force_add=True)
     return out
@@ -245,8 +289,15 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
             log.info("%s resuming an interrupted run in %s", head, folder)
         rerun = True
         folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / RECORD, {"status": "running", "task": stage.task, "config_sha256": digest,
-                                            "seconds": record.get("seconds", 0.0) if same else 0.0})
+        write_json_atomic(
+            folder / RECORD,
+            {
+                "status": "running",
+                "task": stage.task,
+                "config_sha256": digest,
+                "seconds": record.get("seconds", 0.0) if same else 0.0,
+            },
+        )
         log.info("%s %s ...", head, stage.title)
         start = time.perf_counter()
         try:
@@ -268,6 +319,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     metrics = write_report(cfg, run_dir, stage_dirs(run_dir), records)
     metrics["pipeline/seconds_this_run"] = time.perf_counter() - start
     metrics["pipeline/seconds_all_stages"] = sum(r.get("seconds", 0.0) for r in records.values())
-    log.info("pipeline finished: %s of stage time; report: %s", duration(metrics["pipeline/seconds_all_stages"]),
-             run_dir / "report.md")
+    log.info(
+        "pipeline finished: %s of stage time; report: %s",
+        duration(metrics["pipeline/seconds_all_stages"]),
+        run_dir / "report.md",
+    )
     return metrics

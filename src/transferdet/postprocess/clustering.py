@@ -11,8 +11,8 @@ hundred candidates of an image, and post-processing is on every image's path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from torchvision.ops import nms as tv_nms
 
 from transferdet.boxes import iou_matrix
 from transferdet.config.schema import ClusteringConfig, ConfidenceModel
+
 
 @dataclass
 class Group:
@@ -104,8 +105,11 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     """Indices kept by hard NMS (torchvision), highest score first."""
     if len(boxes) == 0:
         return np.zeros(0, np.int64)
-    keep = tv_nms(torch.from_numpy(np.ascontiguousarray(boxes, np.float32)),
-                  torch.from_numpy(np.ascontiguousarray(scores, np.float32)), iou_threshold)
+    keep = tv_nms(
+        torch.from_numpy(np.ascontiguousarray(boxes, np.float32)),
+        torch.from_numpy(np.ascontiguousarray(scores, np.float32)),
+        iou_threshold,
+    )
     return keep.numpy()
 
 

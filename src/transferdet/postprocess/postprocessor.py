@@ -5,13 +5,13 @@ Thresholding and decoding run on the whole batch at once; clustering then runs p
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from transferdet.config.schema import ClusteringAlgorithm, ClusteringConfig, PostprocessingConfig
-from transferdet.structures import Detections
 from transferdet.postprocess.clustering import Group, cluster_dbscan, cluster_hybrid, cluster_nms, dbscan_labels
+from transferdet.structures import Detections
 
 CLUSTERERS = {
     ClusteringAlgorithm.dbscan: cluster_dbscan,
@@ -21,8 +21,9 @@ CLUSTERERS = {
 NEEDS_DBSCAN = (ClusteringAlgorithm.dbscan, ClusteringAlgorithm.hybrid)
 
 
-def decode_boxes(bbox: np.ndarray, stride: float, scale: float, offset: float, width: float,
-                 height: float) -> np.ndarray:
+def decode_boxes(
+    bbox: np.ndarray, stride: float, scale: float, offset: float, width: float, height: float
+) -> np.ndarray:
     """Absolute boxes from bbox outputs (SPEC section 4), clipped to the canvas.
 
     ``bbox`` is ``[..., 4, H, W]`` (L, T, R, B per cell); the result is ``[..., 4, H, W]`` x1 y1 x2 y2 with
@@ -41,9 +42,11 @@ def decode_boxes(bbox: np.ndarray, stride: float, scale: float, offset: float, w
 
 def confidence_threshold(cfg: ClusteringConfig) -> float:
     """The one confidence threshold of an algorithm, used the same way in validation, evaluate and infer."""
-    return cfg.nms_confidence_threshold if cfg.clustering_algorithm in (ClusteringAlgorithm.nms,
-                                                                        ClusteringAlgorithm.hybrid) \
+    return (
+        cfg.nms_confidence_threshold
+        if cfg.clustering_algorithm in (ClusteringAlgorithm.nms, ClusteringAlgorithm.hybrid)
         else cfg.dbscan_confidence_threshold
+    )
 
 
 class Postprocessor:
@@ -52,8 +55,17 @@ class Postprocessor:
     Boxes are in pixels of the network input canvas (``width`` x ``height``).
     """
 
-    def __init__(self, classes: Sequence[str], cfg: PostprocessingConfig, *, width: int, height: int,
-                 stride: int = 16, bbox_scale: float = 35.0, bbox_offset: float = 0.5) -> None:
+    def __init__(
+        self,
+        classes: Sequence[str],
+        cfg: PostprocessingConfig,
+        *,
+        width: int,
+        height: int,
+        stride: int = 16,
+        bbox_scale: float = 35.0,
+        bbox_offset: float = 0.5,
+    ) -> None:
         self.classes = list(classes)
         self.clustering = [cfg.target_class_config[c].clustering_config for c in self.classes]
         self.width, self.height = width, height
@@ -64,10 +76,13 @@ class Postprocessor:
         bbox = np.asarray(bbox, np.float32)
         b, c, h, w = cov.shape
         if c != len(self.classes) or bbox.shape != (b, 4 * c, h, w):
-            raise ValueError(f"expected cov [B, {len(self.classes)}, H, W] and bbox [B, {4 * len(self.classes)}, H, W],"
-                             f" got {cov.shape} and {bbox.shape}")
-        boxes = decode_boxes(bbox.reshape(b, c, 4, h, w), self.stride, self.scale, self.offset,
-                             self.width, self.height)  # [B, C, 4, H, W]
+            raise ValueError(
+                f"expected cov [B, {len(self.classes)}, H, W] and bbox [B, {4 * len(self.classes)}, H, W],"
+                f" got {cov.shape} and {bbox.shape}"
+            )
+        boxes = decode_boxes(
+            bbox.reshape(b, c, 4, h, w), self.stride, self.scale, self.offset, self.width, self.height
+        )  # [B, C, 4, H, W]
         thresholds = np.array([cc.coverage_threshold for cc in self.clustering], np.float32)[None, :, None, None]
         candidate = cov > thresholds  # [B, C, H, W]
         groups: list[tuple[int, int, Group]] = []  # (image, class, candidates)
@@ -75,16 +90,24 @@ class Postprocessor:
             for k, cc in enumerate(self.clustering):
                 ys, xs = np.nonzero(candidate[i, k])
                 if len(ys):
-                    groups.append((i, k, Group(boxes[i, k][:, ys, xs].T.astype(np.float64),
-                                               cov[i, k, ys, xs].astype(np.float64), cc)))
+                    groups.append(
+                        (
+                            i,
+                            k,
+                            Group(
+                                boxes[i, k][:, ys, xs].T.astype(np.float64), cov[i, k, ys, xs].astype(np.float64), cc
+                            ),
+                        )
+                    )
         clustered = [g for _, _, g in groups if g.cfg.clustering_algorithm in NEEDS_DBSCAN]
         labels = dict(zip(map(id, clustered), dbscan_labels(clustered)))
 
         per_image: list[list[tuple[np.ndarray, np.ndarray, int]]] = [[] for _ in range(b)]
         for i, k, g in groups:
             found, conf = CLUSTERERS[g.cfg.clustering_algorithm](g, labels.get(id(g)))
-            keep = ((found[:, 3] - found[:, 1]) >= g.cfg.minimum_bounding_box_height) & \
-                   (conf >= confidence_threshold(g.cfg))
+            keep = ((found[:, 3] - found[:, 1]) >= g.cfg.minimum_bounding_box_height) & (
+                conf >= confidence_threshold(g.cfg)
+            )
             per_image[i].append((found[keep], conf[keep], k))
         out = []
         for found in per_image:

@@ -99,14 +99,19 @@ def prune(model: DetectNetV2, cfg: PruningConfig, height: int, width: int) -> Pr
         from transferdet.errors import ConfigError
 
         convs = [n for m, n in names.items() if isinstance(m, nn.Conv2d)]
-        raise ConfigError("pruning.excluded_layers", unknown, f"convolution names of the model, e.g. {', '.join(convs[:4])}")
+        raise ConfigError(
+            "pruning.excluded_layers", unknown, f"convolution names of the model, e.g. {', '.join(convs[:4])}"
+        )
     excluded = {m for m, n in names.items() if n in cfg.excluded_layers}
     graph = _graph(model, height, width)
     heads = [model.output_cov, model.output_bbox]
     plans = []
     for group in graph.get_all_groups(ignored_layers=heads, root_module_types=[nn.Conv2d]):
-        members = [dep.target.module for dep, _ in group
-                   if dep.handler == tp.prune_conv_out_channels and isinstance(dep.target.module, nn.Conv2d)]
+        members = [
+            dep.target.module
+            for dep, _ in group
+            if dep.handler == tp.prune_conv_out_channels and isinstance(dep.target.module, nn.Conv2d)
+        ]
         members = list(dict.fromkeys(members))
         if not members or any(m in excluded or m in heads for m in members):
             continue
@@ -125,8 +130,9 @@ def prune(model: DetectNetV2, cfg: PruningConfig, height: int, width: int) -> Pr
     return report
 
 
-def prune_to_ratio(model: DetectNetV2, cfg: PruningConfig, height: int, width: int,
-                   iterations: int = 16) -> tuple[PruneReport, float]:
+def prune_to_ratio(
+    model: DetectNetV2, cfg: PruningConfig, height: int, width: int, iterations: int = 16
+) -> tuple[PruneReport, float]:
     """Bisection on the threshold for the largest model with params ratio <= ``cfg.target_ratio``."""
     assert cfg.target_ratio is not None
     lo, hi = 0.0, 1.0

@@ -62,8 +62,14 @@ def _decode(data: bytes) -> np.ndarray:
     return np.array(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def measure(predictor: Predictor, images: list[bytes], batch: int, repeats: int, streamer: Predictor | None = None,
-            workers: int = 1) -> dict[str, float]:
+def measure(
+    predictor: Predictor,
+    images: list[bytes],
+    batch: int,
+    repeats: int,
+    streamer: Predictor | None = None,
+    workers: int = 1,
+) -> dict[str, float]:
     """Network-only and end-to-end latency of ``batch`` images at a time, and the end-to-end throughput of
     ``images`` streamed through ``streamer`` (default: ``predictor``) with ``workers`` batches in flight."""
     decoded = [_decode(b) for b in images[:batch]]
@@ -78,9 +84,12 @@ def measure(predictor: Predictor, images: list[bytes], batch: int, repeats: int,
 
     streamed = _timings(stream, 3) / len(images)
     return {
-        "network_ms_p50": 1e3 * float(np.median(network)), "network_ms_p90": 1e3 * float(np.percentile(network, 90)),
-        "e2e_ms_p50": 1e3 * float(np.median(e2e)), "e2e_ms_p90": 1e3 * float(np.percentile(e2e, 90)),
-        "network_images_per_s": 1.0 / float(np.median(network)), "e2e_images_per_s": 1.0 / float(np.median(streamed)),
+        "network_ms_p50": 1e3 * float(np.median(network)),
+        "network_ms_p90": 1e3 * float(np.percentile(network, 90)),
+        "e2e_ms_p50": 1e3 * float(np.median(e2e)),
+        "e2e_ms_p90": 1e3 * float(np.percentile(e2e, 90)),
+        "network_images_per_s": 1.0 / float(np.median(network)),
+        "e2e_images_per_s": 1.0 / float(np.median(streamed)),
         "e2e_serial_images_per_s": 1.0 / float(np.median(e2e)),
     }
 
@@ -91,9 +100,8 @@ def _variants(cfg: DictConfig, name: str, checkpoint: str, work: Path, precision
     from transferdet.export.quantize import quantize_int8
     from transferdet.inference.predictor import load_module
     from transferdet.tasks.calibrate import calibration_images
-    from transferdet.tasks.export import add_metadata
-
     from transferdet.tasks.evaluate import user_overrides
+    from transferdet.tasks.export import add_metadata
 
     module = load_module(checkpoint, user_overrides())
     rows = [(name, "torch", "fp32", Path(checkpoint))]
@@ -114,14 +122,18 @@ def _variants(cfg: DictConfig, name: str, checkpoint: str, work: Path, precision
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| model | runtime | precision | batch | e2e ms/img p50 | p90 | e2e img/s streamed | network ms/img p50 | "
-            "network img/s | e2e / network | 30-FPS streams | size MB | mAP | speedup e2e |")
+    head = (
+        "| model | runtime | precision | batch | e2e ms/img p50 | p90 | e2e img/s streamed | network ms/img p50 | "
+        "network img/s | e2e / network | 30-FPS streams | size MB | mAP | speedup e2e |"
+    )
     lines = [head, "|" + "---|" * 14]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['runtime']} | {r['precision']} | {r['batch']} | {r['e2e_ms_p50']:.2f} | "
-                     f"{r['e2e_ms_p90']:.2f} | {r['e2e_images_per_s']:.1f} | {r['network_ms_p50']:.2f} | "
-                     f"{r['network_images_per_s']:.1f} | {r['e2e_over_network']:.2f} | {r['streams_30fps']:.1f} | "
-                     f"{r['size_mb']:.2f} | {r['mAP']:.4f} | {r['speedup_e2e']:.2f}x |")
+        lines.append(
+            f"| {r['model']} | {r['runtime']} | {r['precision']} | {r['batch']} | {r['e2e_ms_p50']:.2f} | "
+            f"{r['e2e_ms_p90']:.2f} | {r['e2e_images_per_s']:.1f} | {r['network_ms_p50']:.2f} | "
+            f"{r['network_images_per_s']:.1f} | {r['e2e_over_network']:.2f} | {r['streams_30fps']:.1f} | "
+            f"{r['size_mb']:.2f} | {r['mAP']:.4f} | {r['speedup_e2e']:.2f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -139,8 +151,14 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.bar(x - 0.2, [r["network_images_per_s"] for r in sel], 0.4, label="network only")
     ax.bar(x + 0.2, [r["e2e_images_per_s"] for r in sel], 0.4, label="end to end")
     for i, r in enumerate(sel):
-        ax.text(i + 0.2, r["e2e_images_per_s"], f"{r['speedup_e2e']:.1f}x\nmAP {r['mAP']:.3f}", ha="center",
-                va="bottom", fontsize=7)
+        ax.text(
+            i + 0.2,
+            r["e2e_images_per_s"],
+            f"{r['speedup_e2e']:.1f}x\nmAP {r['mAP']:.3f}",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("images / s")
     ax.set_title(f"throughput at batch {batch} (speedup: end to end vs the first PyTorch fp32 row)")
@@ -162,43 +180,75 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         if not Path(path).is_file():
             raise ConfigError(f"benchmark.models.{name}", path, "an existing transferdet checkpoint file")
     torch.set_num_threads(int(b.threads) if b.threads else torch.get_num_threads())
-    workers = positive_int("benchmark.workers", b.get("workers", 2),
-                           "an integer >= 1 (batches in flight in the streamed run)")
-    batch_sizes = [positive_int(f"benchmark.batch_sizes[{i}]", v, "an integer >= 1")
-                   for i, v in enumerate(b.batch_sizes)]
+    workers = positive_int(
+        "benchmark.workers", b.get("workers", 2), "an integer >= 1 (batches in flight in the streamed run)"
+    )
+    batch_sizes = [
+        positive_int(f"benchmark.batch_sizes[{i}]", v, "an integer >= 1") for i, v in enumerate(b.batch_sizes)
+    ]
     if torch.cuda.is_available():  # larger batches where a GPU has the room for them
-        batch_sizes += [positive_int(f"benchmark.gpu_batch_sizes[{i}]", v, "an integer >= 1")
-                        for i, v in enumerate(b.get("gpu_batch_sizes") or []) if v not in batch_sizes]
+        batch_sizes += [
+            positive_int(f"benchmark.gpu_batch_sizes[{i}]", v, "an integer >= 1")
+            for i, v in enumerate(b.get("gpu_batch_sizes") or [])
+            if v not in batch_sizes
+        ]
     images = _encoded_images(cfg, max(16, 2 * workers * max(batch_sizes)))
-    variants = [v for name, path in models.items()
-                for v in _variants(cfg, name, str(path), run_dir, list(b.precisions))]
+    variants = [
+        v for name, path in models.items() for v in _variants(cfg, name, str(path), run_dir, list(b.precisions))
+    ]
     rows: list[dict] = []
     for model, runtime, precision, path in variants:
         # the checkpoint's settings with the command line's on top (e.g. another input size, as in infer)
-        predictor = Predictor.load(str(path), runtime, user_overrides(), precision=precision if runtime == "torch"
-                                   else "fp32")
+        predictor = Predictor.load(
+            str(path), runtime, user_overrides(), precision=precision if runtime == "torch" else "fp32"
+        )
         # the streamed run shares the cores out between its workers (ONNX Runtime threads are per session)
-        streamer = Predictor.load(str(path), runtime, user_overrides(), threads=threads_per_worker(workers)) \
-            if runtime == "onnxruntime" and workers > 1 else predictor
+        streamer = (
+            Predictor.load(str(path), runtime, user_overrides(), threads=threads_per_worker(workers))
+            if runtime == "onnxruntime" and workers > 1
+            else predictor
+        )
         gts, dets, _, evaluator = evaluate_predictor(cfg, predictor) if b.map else ([], [], None, None)
         m_ap = evaluator.evaluate(gts, dets).mean_ap() if b.map else float("nan")
         for batch in batch_sizes:
             r = measure(predictor, images, int(batch), int(b.repeats), streamer, workers)
-            r.update(model=model, runtime=runtime, precision=precision, batch=int(batch), mAP=m_ap,
-                     size_mb=Path(path).stat().st_size / 1e6)
+            r.update(
+                model=model,
+                runtime=runtime,
+                precision=precision,
+                batch=int(batch),
+                mAP=m_ap,
+                size_mb=Path(path).stat().st_size / 1e6,
+            )
             rows.append(r)
-            log.info("%s %s %s batch %d: %.2f ms/img end to end (%.1f img/s streamed), %.2f network", model, runtime,
-                     precision, batch, r["e2e_ms_p50"], r["e2e_images_per_s"], r["network_ms_p50"])
-    base = {r["batch"]: r for r in rows if r["model"] == variants[0][0] and r["runtime"] == "torch"
-            and r["precision"] == "fp32"}
+            log.info(
+                "%s %s %s batch %d: %.2f ms/img end to end (%.1f img/s streamed), %.2f network",
+                model,
+                runtime,
+                precision,
+                batch,
+                r["e2e_ms_p50"],
+                r["e2e_images_per_s"],
+                r["network_ms_p50"],
+            )
+    base = {
+        r["batch"]: r
+        for r in rows
+        if r["model"] == variants[0][0] and r["runtime"] == "torch" and r["precision"] == "fp32"
+    }
     for r in rows:
         r["speedup_e2e"] = base[r["batch"]]["e2e_ms_p50"] / r["e2e_ms_p50"]
         r["e2e_over_network"] = r["e2e_images_per_s"] / r["network_images_per_s"]
         r["streams_30fps"] = r["e2e_images_per_s"] / 30.0
-    write_json_atomic(run_dir / "benchmark.json", {"device": torch.cuda.get_device_name() if torch.cuda.is_available()
-                                                   else "cpu",
-                                                   "threads": torch.get_num_threads(), "workers": workers,
-                                                   "rows": rows})
+    write_json_atomic(
+        run_dir / "benchmark.json",
+        {
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "threads": torch.get_num_threads(),
+            "workers": workers,
+            "rows": rows,
+        },
+    )
     write_text_atomic(run_dir / "benchmark.md", markdown(rows))
     plot(rows, run_dir / "benchmark.png")
     print(markdown(rows))

@@ -54,8 +54,11 @@ def load_calibration_file(path: str | Path, height: int, width: int) -> np.ndarr
     except (OSError, ValueError) as err:
         raise DataError(path, f"not a calibration tensor file (.npy float32 [N, 3, H, W]): {err}") from None
     if data.ndim != 4 or data.shape[1] != 3 or data.shape[2:] != (height, width) or data.dtype != np.float32:
-        raise DataError(path, f"calibration tensors are {data.dtype} {list(data.shape)}; the model needs float32 "
-                              f"[N, 3, {height}, {width}]")
+        raise DataError(
+            path,
+            f"calibration tensors are {data.dtype} {list(data.shape)}; the model needs float32 "
+            f"[N, 3, {height}, {width}]",
+        )
     if not np.isfinite(data).all() or data.min() < 0 or data.max() > 1:
         raise DataError(path, "calibration tensors must be finite RGB values in [0, 1]")
     return data

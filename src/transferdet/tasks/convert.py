@@ -42,8 +42,9 @@ def print_summary(summary: dict) -> None:
         table.add_column(col, justify="left" if col == "split" else "right")
     for split in SPLITS:
         s = summary["splits"][split]
-        table.add_row(split, str(s["num_images"]), *(str(s["num_objects"][c]) for c in classes),
-                      str(s["num_ignore_regions"]))
+        table.add_row(
+            split, str(s["num_images"]), *(str(s["num_objects"][c]) for c in classes), str(s["num_ignore_regions"])
+        )
     Console(stderr=True).print(table)
 
 

@@ -38,8 +38,9 @@ def user_overrides() -> list[str]:
         return []
 
 
-def _label_arrays(path: Path, mapping: dict[str, str], classes: list[str], *, predictions: bool,
-                  warnings: list[str]) -> tuple[np.ndarray, ...]:
+def _label_arrays(
+    path: Path, mapping: dict[str, str], classes: list[str], *, predictions: bool, warnings: list[str]
+) -> tuple[np.ndarray, ...]:
     """Boxes, class ids (-1 = dontcare), truncation, occlusion, scores of one label or prediction file."""
     index = {c: k for k, c in enumerate(classes)}
     rows = []
@@ -60,8 +61,9 @@ def _label_arrays(path: Path, mapping: dict[str, str], classes: list[str], *, pr
     return a[:, :4], a[:, 4].astype(np.int64), a[:, 5], a[:, 6].astype(np.int64), a[:, 7]
 
 
-def evaluate_files(predictions: Path, labels: Path, mapping: dict[str, str], classes: list[str]
-                   ) -> tuple[list[GroundTruth], list[Detections], list[str]]:
+def evaluate_files(
+    predictions: Path, labels: Path, mapping: dict[str, str], classes: list[str]
+) -> tuple[list[GroundTruth], list[Detections], list[str]]:
     for key, folder in (("predictions", predictions), ("labels", labels)):
         if not folder.is_dir():
             raise ConfigError(key, str(folder), "an existing folder of KITTI .txt files")
@@ -70,8 +72,10 @@ def evaluate_files(predictions: Path, labels: Path, mapping: dict[str, str], cla
         raise DataError(labels, "no ground-truth .txt label files here (config key labels)")
     orphans = sorted(set(pred_files) - set(gt_files))
     if orphans:
-        raise DataError(pred_files[orphans[0]], f"prediction file has no ground-truth label file in {labels} "
-                                                f"({len(orphans)} such files)")
+        raise DataError(
+            pred_files[orphans[0]],
+            f"prediction file has no ground-truth label file in {labels} ({len(orphans)} such files)",
+        )
     warnings: list[str] = []
     gts, dets = [], []
     for id_, gt_path in gt_files.items():
@@ -86,8 +90,9 @@ def evaluate_files(predictions: Path, labels: Path, mapping: dict[str, str], cla
     return gts, dets, warnings
 
 
-def evaluate_model(cfg: DictConfig, path: str, runtime: str, precision: str = "fp32"
-                   ) -> tuple[list[GroundTruth], list[Detections], list[str], Evaluator]:
+def evaluate_model(
+    cfg: DictConfig, path: str, runtime: str, precision: str = "fp32"
+) -> tuple[list[GroundTruth], list[Detections], list[str], Evaluator]:
     """Ground truth and detections of a checkpoint or exported model on the validation split (``precision``:
     the torch runtime's, see :meth:`Predictor.load`)."""
     from transferdet.inference.predictor import Predictor
@@ -95,8 +100,7 @@ def evaluate_model(cfg: DictConfig, path: str, runtime: str, precision: str = "f
     return evaluate_predictor(cfg, Predictor.load(path, runtime, user_overrides(), precision=precision))
 
 
-def evaluate_predictor(cfg: DictConfig, predictor) -> tuple[list[GroundTruth], list[Detections], list[str],
-                                                            Evaluator]:
+def evaluate_predictor(cfg: DictConfig, predictor) -> tuple[list[GroundTruth], list[Detections], list[str], Evaluator]:
     """Ground truth and detections of a loaded :class:`Predictor` on the validation split."""
     from tqdm import tqdm
 
@@ -106,10 +110,19 @@ def evaluate_predictor(cfg: DictConfig, predictor) -> tuple[list[GroundTruth], l
     module = predictor.module
     data_classes = target_classes(typed(cfg, "dataset"))
     if data_classes != module.classes:
-        raise ConfigError("dataset.target_class_mapping", data_classes,
-                          f"the model's classes in the same order: {', '.join(module.classes)}")
-    dm = DetectionDataModule(ensure_converted(cfg), module.aug, batch_size=1, eval_batch_size=module.eval_cfg.batch_size,
-                             num_workers=0, seed=0)
+        raise ConfigError(
+            "dataset.target_class_mapping",
+            data_classes,
+            f"the model's classes in the same order: {', '.join(module.classes)}",
+        )
+    dm = DetectionDataModule(
+        ensure_converted(cfg),
+        module.aug,
+        batch_size=1,
+        eval_batch_size=module.eval_cfg.batch_size,
+        num_workers=0,
+        seed=0,
+    )
     dm.setup()
     gts, dets = [], []
     for batch in tqdm(dm.val_dataloader(), desc="evaluate", unit="batch", disable=None):
@@ -123,8 +136,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if checkpoint and (predictions or labels):
         raise ConfigError("checkpoint", checkpoint, "either checkpoint=PATH or predictions=DIR labels=DIR, not both")
     if checkpoint:
-        gts, dets, classes, evaluator = evaluate_model(cfg, checkpoint, str(cfg.get("runtime", "torch")),
-                                                       str(cfg.get("precision", "fp32")))
+        gts, dets, classes, evaluator = evaluate_model(
+            cfg, checkpoint, str(cfg.get("runtime", "torch")), str(cfg.get("precision", "fp32"))
+        )
         source = str(checkpoint)
     elif predictions and labels:
         d = typed(cfg, "dataset")
@@ -138,8 +152,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         evaluator = Evaluator(classes, typed(cfg, "evaluation"))
         source = str(predictions)
     else:
-        raise ConfigError("checkpoint", None, "checkpoint=PATH (a transferdet .ckpt), or predictions=DIR together with "
-                                              "labels=DIR (KITTI prediction and ground-truth label folders)")
+        raise ConfigError(
+            "checkpoint",
+            None,
+            "checkpoint=PATH (a transferdet .ckpt), or predictions=DIR together with "
+            "labels=DIR (KITTI prediction and ground-truth label folders)",
+        )
     result = evaluator.evaluate(gts, dets)
     result.extra.update(coco_map(gts, dets, classes))
     print_table(result, title=f"evaluate {source}")

@@ -3,8 +3,9 @@
 Writes into the run directory:
 
 * ``model_fp32.onnx`` always, and ``model_fp16.onnx`` or ``model_int8.onnx`` (ONNX Runtime static
-  quantization: operator format with uint8 activations, QDQ with int8) for those data types; every model carries its classes and settings as metadata, so
-  ``infer``/``evaluate`` run it with ``runtime=onnxruntime`` and nothing else;
+  quantization: operator format with uint8 activations, QDQ with int8) for those data types; every model
+  carries its classes and settings as metadata, so ``infer``/``evaluate`` run it with
+  ``runtime=onnxruntime`` and nothing else;
 * ``calibration.cache`` (TensorRT text format) for int8;
 * ``nvinfer_config.txt`` and ``labels.txt`` for DeepStream, ``model.engine`` where TensorRT and a GPU exist;
 * ``parity.json``: PyTorch vs ONNX Runtime outputs on validation images, and the mAP of each precision.
@@ -84,8 +85,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     data_type = e.data_type.value
     images = None
     if data_type == "int8":  # read (and check) the calibration data before writing anything
-        images = load_calibration_file(c.cal_data_file, height, width) if c.cal_data_file else \
-            calibration_images(cfg, module.aug, c.batches * c.batch_size)
+        images = (
+            load_calibration_file(c.cal_data_file, height, width)
+            if c.cal_data_file
+            else calibration_images(cfg, module.aug, c.batches * c.batch_size)
+        )
 
     fp32 = export_onnx(module.model, run_dir / "model_fp32.onnx", height, width)
     add_metadata(fp32, config, classes)
@@ -94,29 +98,56 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if data_type == "fp16":
         models["fp16"] = to_fp16(fp32, run_dir / "model_fp16.onnx")
     elif data_type == "int8":
-        int8 = quantize_int8(fp32, run_dir / "model_int8.onnx", images, c.calibration_method.value, c.batch_size,
-                             e.int8_activations.value)
+        int8 = quantize_int8(
+            fp32,
+            run_dir / "model_int8.onnx",
+            images,
+            c.calibration_method.value,
+            c.batch_size,
+            e.int8_activations.value,
+        )
         add_metadata(int8, config, classes)
         models["int8"] = int8
         # the cache holds ranges by the fp32 model's tensor names: a QDQ model has them as they are, the
         # operator-format ONNX Runtime model (uint8) has fused some away, so its ranges come from a QDQ pass
-        ranges = activation_ranges(int8) if e.int8_activations.value == "int8" else \
-            calibration_ranges(fp32, images, c.calibration_method.value, c.batch_size, e.int8_activations.value)
+        ranges = (
+            activation_ranges(int8)
+            if e.int8_activations.value == "int8"
+            else calibration_ranges(fp32, images, c.calibration_method.value, c.batch_size, e.int8_activations.value)
+        )
         cache = write_cache(run_dir / "calibration.cache", ranges)
     # what DeepStream / TensorRT get: the uint8-activation model is for ONNX Runtime only, so TensorRT
     # builds INT8 from the fp32 model and the calibration cache (TLT's way)
     deployed = fp32 if data_type == "int8" and e.int8_activations.value == "uint8" else models[data_type]
-    write_deepstream(run_dir, onnx_file=deployed, classes=classes, width=width, height=height, data_type=data_type,
-                     post=module.postprocessor_config, calibration_cache=cache, max_batch_size=e.max_batch_size)
+    write_deepstream(
+        run_dir,
+        onnx_file=deployed,
+        classes=classes,
+        width=width,
+        height=height,
+        data_type=data_type,
+        post=module.postprocessor_config,
+        calibration_cache=cache,
+        max_batch_size=e.max_batch_size,
+    )
     if not e.engine:
         engine_note = "export.engine=false"
     elif deployed is fp32 and data_type == "int8":
-        engine_note = (f"an INT8 engine from {fp32.name} needs its calibration cache: trtexec --onnx={fp32.name} --int8 "
-                       f"--calib={cache.name} --saveEngine=model.engine, or export with export.int8_activations=int8 "
-                       "(a QDQ model TensorRT builds directly)")
+        engine_note = (
+            f"an INT8 engine from {fp32.name} needs its calibration cache: trtexec --onnx={fp32.name} --int8 "
+            f"--calib={cache.name} --saveEngine=model.engine, or export with export.int8_activations=int8 "
+            "(a QDQ model TensorRT builds directly)"
+        )
     else:
-        engine_note = build_engine(deployed, run_dir / "model.engine", data_type=data_type, height=height, width=width,
-                                   max_batch_size=e.max_batch_size, workspace=e.max_workspace_size)
+        engine_note = build_engine(
+            deployed,
+            run_dir / "model.engine",
+            data_type=data_type,
+            height=height,
+            width=width,
+            max_batch_size=e.max_batch_size,
+            workspace=e.max_workspace_size,
+        )
     if engine_note:
         log.warning("TensorRT engine not built: %s", engine_note)
 
@@ -131,8 +162,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     maps = {"torch": evaluate_predictor(cfg, Predictor.for_module(module))}  # the module already loaded
     for precision, path in models.items():
         maps[precision] = evaluate_model(cfg, str(path), "onnxruntime")
-    report = {"max_abs_diff": diff, "mAP": {}, "AP": {}, "engine": engine_note or "built",
-              "files": {k: v.name for k, v in models.items()}}
+    report = {
+        "max_abs_diff": diff,
+        "mAP": {},
+        "AP": {},
+        "engine": engine_note or "built",
+        "files": {k: v.name for k, v in models.items()},
+    }
     failures = []
     for name, (gts, dets, _, evaluator) in maps.items():
         result = evaluator.evaluate(gts, dets)
@@ -143,15 +179,22 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         drop = 100 * (report["mAP"]["torch"] - report["mAP"][name])
         metrics[f"parity/mAP_drop_points_{name}"] = drop
         if drop > e.max_map_drop:
-            deltas = ", ".join(f"{cls} {100 * (report['AP'][name][cls] - report['AP']['torch'][cls]):+.2f}"
-                               for cls in classes)
-            failures.append(f"{name} loses {drop:.2f} mAP points (> export.max_map_drop={e.max_map_drop:g}); "
-                            f"AP change per class, {name} - PyTorch: {deltas}")
+            deltas = ", ".join(
+                f"{cls} {100 * (report['AP'][name][cls] - report['AP']['torch'][cls]):+.2f}" for cls in classes
+            )
+            failures.append(
+                f"{name} loses {drop:.2f} mAP points (> export.max_map_drop={e.max_map_drop:g}); "
+                f"AP change per class, {name} - PyTorch: {deltas}"
+            )
     for name, path in models.items():
         metrics[f"export/size_mb_{name}"] = path.stat().st_size / 1e6
     write_json_atomic(run_dir / "parity.json", report)
-    log.info("parity: max |torch - onnx| cov %.2e bbox %.2e; mAP %s", diff["cov"], diff["bbox"],
-             ", ".join(f"{k} {v:.4f}" for k, v in report["mAP"].items()))
+    log.info(
+        "parity: max |torch - onnx| cov %.2e bbox %.2e; mAP %s",
+        diff["cov"],
+        diff["bbox"],
+        ", ".join(f"{k} {v:.4f}" for k, v in report["mAP"].items()),
+    )
     if failures:
         raise ParityError("; ".join(failures) + f" (details in {run_dir / 'parity.json'})")
     return metrics

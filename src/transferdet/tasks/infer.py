@@ -35,8 +35,10 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 
 def kitti_objects(det: Detections, classes: list[str]) -> list[KittiObject]:
-    return [KittiObject(classes[int(k)], *map(float, box), score=float(s))
-            for box, k, s in zip(det.boxes, det.class_ids, det.scores)]
+    return [
+        KittiObject(classes[int(k)], *map(float, box), score=float(s))
+        for box, k, s in zip(det.boxes, det.class_ids, det.scores)
+    ]
 
 
 def image_inputs(path: Path) -> list[Path]:
@@ -48,8 +50,9 @@ def image_inputs(path: Path) -> list[Path]:
     return files
 
 
-def infer_images(predictor: Predictor, files: list[Path], run_dir: Path, batch_size: int, draw_threshold: float,
-                 workers: int = 1) -> int:
+def infer_images(
+    predictor: Predictor, files: list[Path], run_dir: Path, batch_size: int, draw_threshold: float, workers: int = 1
+) -> int:
     from tqdm import tqdm
 
     labels_dir, images_dir = run_dir / "labels", run_dir / "images_annotated"
@@ -68,8 +71,9 @@ def infer_images(predictor: Predictor, files: list[Path], run_dir: Path, batch_s
     return count
 
 
-def infer_video(predictor: Predictor, path: Path, run_dir: Path, batch_size: int, draw_threshold: float,
-                workers: int = 1) -> int:
+def infer_video(
+    predictor: Predictor, path: Path, run_dir: Path, batch_size: int, draw_threshold: float, workers: int = 1
+) -> int:
     import av
     from tqdm import tqdm
 
@@ -96,8 +100,9 @@ def infer_video(predictor: Predictor, path: Path, run_dir: Path, batch_size: int
                         with atomic_path(labels_dir / f"{path.stem}_{count:06d}.txt") as t:
                             write_label_file(t, kitti_objects(det, predictor.classes))
                         drawn = np.asarray(draw_detections(image, det, None, predictor.classes, draw_threshold))
-                        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(drawn[: out.height, : out.width]),
-                                                           format="rgb24")
+                        frame = av.VideoFrame.from_ndarray(
+                            np.ascontiguousarray(drawn[: out.height, : out.width]), format="rgb24"
+                        )
                         for packet in out.encode(frame):
                             sink.mux(packet)
                         count += 1
@@ -118,8 +123,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         raise ConfigError("input", source, "an existing image file, folder of images, or video file (input=PATH)")
     batch_size = positive_int("batch_size", cfg.get("batch_size", 8))
     workers = positive_int("workers", cfg.get("workers", 2))
-    predictor = Predictor.load(checkpoint, str(cfg.get("runtime", "torch")), user_overrides(),
-                               threads=threads_per_worker(workers), precision=str(cfg.get("precision", "fp32")))
+    predictor = Predictor.load(
+        checkpoint,
+        str(cfg.get("runtime", "torch")),
+        user_overrides(),
+        threads=threads_per_worker(workers),
+        precision=str(cfg.get("precision", "fp32")),
+    )
     threshold = float(cfg.get("draw_threshold", 0.0))
     path = Path(source)
     if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
@@ -127,8 +137,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     elif path.is_dir() or path.suffix.lower() in IMAGE_EXTENSIONS:
         n = infer_images(predictor, image_inputs(path), run_dir, batch_size, threshold, workers)
     else:
-        raise ConfigError("input", source, f"an image ({', '.join(IMAGE_EXTENSIONS)}), a folder of images, or a video "
-                                           f"({', '.join(VIDEO_EXTENSIONS)})")
-    log.info("%d %s: labels in %s", n, "frames" if path.suffix.lower() in VIDEO_EXTENSIONS else "images",
-             run_dir / "labels")
+        raise ConfigError(
+            "input",
+            source,
+            f"an image ({', '.join(IMAGE_EXTENSIONS)}), a folder of images, or a video ({', '.join(VIDEO_EXTENSIONS)})",
+        )
+    log.info(
+        "%d %s: labels in %s", n, "frames" if path.suffix.lower() in VIDEO_EXTENSIONS else "images", run_dir / "labels"
+    )
     return {"infer/num_images": n}

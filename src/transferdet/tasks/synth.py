@@ -38,9 +38,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         except (OSError, ValueError):
             previous = {}
         if previous.get("settings") != settings:
-            raise ConfigError("dataset.root", str(root),
-                              "a folder that does not exist, is empty, or holds a synthetic dataset made with the "
-                              "same synth settings (or set synth.overwrite=true to replace it)")
+            raise ConfigError(
+                "dataset.root",
+                str(root),
+                "a folder that does not exist, is empty, or holds a synthetic dataset made with the "
+                "same synth settings (or set synth.overwrite=true to replace it)",
+            )
         log.info("%s already holds this synthetic dataset; nothing to do", root)
         counts = previous["counts"]
     else:
@@ -48,8 +51,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         with atomic_dir(root) as tmp:
             counts = generate(synth, tmp, dataset.image_dir_name, dataset.label_dir_name)
             write_json_atomic(tmp / RECORD, {"settings": settings, "counts": counts})
-        log.info("wrote %d images (%s) to %s", synth.num_images,
-                 ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), root)
+        log.info(
+            "wrote %d images (%s) to %s",
+            synth.num_images,
+            ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+            root,
+        )
     metrics = {"dataset/num_images": synth.num_images}
     metrics.update({f"dataset/num_objects/{k}": v for k, v in sorted(counts.items())})
     return metrics

@@ -58,11 +58,17 @@ def precision_plugins(cfg: DictConfig, accelerator: str) -> tuple[str, list]:
         from pytorch_lightning.plugins.precision import MixedPrecision
 
         cs = t.cost_scaling
-        device = "cuda" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) \
-            else "cpu"
+        device = (
+            "cuda" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) else "cpu"
+        )
         # TLT: loss * 2^e; e += increment after a finite step, e -= decrement after an overflow
-        scaler = torch.amp.GradScaler(device, init_scale=2.0 ** cs.initial_exponent, growth_factor=2.0 ** cs.increment,
-                                      backoff_factor=2.0 ** -cs.decrement, growth_interval=1)
+        scaler = torch.amp.GradScaler(
+            device,
+            init_scale=2.0**cs.initial_exponent,
+            growth_factor=2.0**cs.increment,
+            backoff_factor=2.0**-cs.decrement,
+            growth_interval=1,
+        )
         plugins.append(MixedPrecision(precision, device, scaler=scaler))
         precision = None
     return precision, plugins
@@ -87,7 +93,9 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
         log.info("training.resume=auto: no checkpoint in %s yet, starting fresh", folder)
         return None
     if not Path(resume).is_file():
-        raise ConfigError("training.resume", resume, "'auto' (this run directory's last.ckpt) or an existing .ckpt file")
+        raise ConfigError(
+            "training.resume", resume, "'auto' (this run directory's last.ckpt) or an existing .ckpt file"
+        )
     return resume
 
 
@@ -123,16 +131,20 @@ def build_module(cfg: DictConfig, classes: list[str], resume_from: str | None = 
     if "channel_plan" not in hp or "state_dict" not in obj:
         raise DataError(pruned, "not a pruned checkpoint (no channel plan): write one with `transferdet prune`")
     if list(hp.get("classes", [])) != list(classes):
-        raise ConfigError("dataset.target_class_mapping", classes,
-                          f"the pruned checkpoint's classes in the same order: {', '.join(hp.get('classes', []))}")
+        raise ConfigError(
+            "dataset.target_class_mapping",
+            classes,
+            f"the pruned checkpoint's classes in the same order: {', '.join(hp.get('classes', []))}",
+        )
     module = DetectNetModule(config, classes, hp["channel_plan"])
-    state = {k[len("model."):]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
+    state = {k[len("model.") :]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
     try:
         module.model.load_state_dict(state)
     except RuntimeError as err:
         raise DataError(pruned, f"weights do not fit the channel plan: {str(err).splitlines()[0]}") from None
-    log.info("retraining the pruned model of %s (%d parameters)", pruned,
-             sum(p.numel() for p in module.model.parameters()))
+    log.info(
+        "retraining the pruned model of %s (%d parameters)", pruned, sum(p.numel() for p in module.model.parameters())
+    )
     return module
 
 
@@ -168,8 +180,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     converted = ensure_converted(cfg)
     classes = target_classes(typed(cfg, "dataset"))
     ev = typed(cfg, "evaluation")
-    dm = DetectionDataModule(converted, typed(cfg, "augmentation"), batch_size=t.batch_size_per_gpu,
-                             eval_batch_size=ev.batch_size, num_workers=t.num_workers, seed=t.random_seed)
+    dm = DetectionDataModule(
+        converted,
+        typed(cfg, "augmentation"),
+        batch_size=t.batch_size_per_gpu,
+        eval_batch_size=ev.batch_size,
+        num_workers=t.num_workers,
+        seed=t.random_seed,
+    )
     ckpt = resume_path(cfg, run_dir)
     module = build_module(cfg, classes, resume_from=ckpt)
     module.validation_images_dir = run_dir / "val_images"
@@ -194,6 +212,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     metrics["train/epochs"] = trainer.current_epoch
     metrics["train/steps"] = trainer.global_step
     if is_global_zero() and math.isfinite(metrics.get("val/mAP", float("nan"))):
-        log.info("final val/mAP %.4f (%s)", metrics["val/mAP"],
-                 ", ".join(f"{c} {metrics.get(f'val/AP/{c}', float('nan')):.3f}" for c in classes))
+        log.info(
+            "final val/mAP %.4f (%s)",
+            metrics["val/mAP"],
+            ", ".join(f"{c} {metrics.get(f'val/AP/{c}', float('nan')):.3f}" for c in classes),
+        )
     return metrics

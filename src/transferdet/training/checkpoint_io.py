@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         save_checkpoint(checkpoint, path)
-        log.info("saved checkpoint %s (epoch %s, step %s)", path, checkpoint.get("epoch"), checkpoint.get("global_step"))
+        log.info(
+            "saved checkpoint %s (epoch %s, step %s)", path, checkpoint.get("epoch"), checkpoint.get("global_step")
+        )
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
         # checkpoints are tensors and plain containers (never arbitrary objects), with a verified checksum

@@ -32,8 +32,16 @@ class EpochDataset(DetectionDataset):
 
 
 class DetectionDataModule(pl.LightningDataModule):
-    def __init__(self, converted_dir: str | Path, augmentation: AugmentationConfig, *, batch_size: int,
-                 eval_batch_size: int, num_workers: int, seed: int) -> None:
+    def __init__(
+        self,
+        converted_dir: str | Path,
+        augmentation: AugmentationConfig,
+        *,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int,
+        seed: int,
+    ) -> None:
         super().__init__()
         self.converted_dir = Path(converted_dir)
         self.augmentation, self.seed = augmentation, seed
@@ -47,17 +55,24 @@ class DetectionDataModule(pl.LightningDataModule):
             return
         data = ConvertedDataset(self.converted_dir)
         self.classes = data.classes
-        self.train_set = EpochDataset(data.split("train"), Augmenter(self.augmentation, train=True, seed=self.seed),
-                                      self._epoch)
+        self.train_set = EpochDataset(
+            data.split("train"), Augmenter(self.augmentation, train=True, seed=self.seed), self._epoch
+        )
         self.val_set = DetectionDataset(data.split("val"), Augmenter(self.augmentation, train=False, seed=self.seed))
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch.value.fill_(epoch)
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, shuffle=True)

@@ -63,18 +63,37 @@ class DetectNetModule(pl.LightningModule):
         pre = self.aug.preprocessing
         self.width, self.height = pre.output_image_width, pre.output_image_height
         m = self.model_cfg
-        self.model = DetectNetV2(len(classes), m.num_layers, use_batch_norm=m.use_batch_norm,
-                                 mean=m.input_normalization.mean, std=m.input_normalization.std)
+        self.model = DetectNetV2(
+            len(classes),
+            m.num_layers,
+            use_batch_norm=m.use_batch_norm,
+            mean=m.input_normalization.mean,
+            std=m.input_normalization.std,
+        )
         if channel_plan:
             from transferdet.pruning.pruner import apply_channel_plan
 
             apply_channel_plan(self.model, channel_plan)
         box = m.objective_set.bbox
-        self.rasterizer = Rasterizer(classes, g["rasterizer"], width=self.width, height=self.height, stride=STRIDE,
-                                     bbox_scale=box.scale, bbox_offset=box.offset)
+        self.rasterizer = Rasterizer(
+            classes,
+            g["rasterizer"],
+            width=self.width,
+            height=self.height,
+            stride=STRIDE,
+            bbox_scale=box.scale,
+            bbox_offset=box.offset,
+        )
         self.cost = DetectNetCost(classes, g["cost"])
-        self.postprocessor = Postprocessor(classes, g["postprocessing"], width=self.width, height=self.height,
-                                           stride=STRIDE, bbox_scale=box.scale, bbox_offset=box.offset)
+        self.postprocessor = Postprocessor(
+            classes,
+            g["postprocessing"],
+            width=self.width,
+            height=self.height,
+            stride=STRIDE,
+            bbox_scale=box.scale,
+            bbox_offset=box.offset,
+        )
         self.evaluator = Evaluator(classes, self.eval_cfg)
         self.apply_freezing()
         self.last_validation: dict[str, float] = {}
@@ -98,8 +117,12 @@ class DetectNetModule(pl.LightningModule):
             raise ConfigError(key, d.teacher, "a transferdet checkpoint (.ckpt): an ONNX model cannot teach")
         teacher = load_module(d.teacher)
         if teacher.classes != self.classes:
-            raise ConfigError(key, d.teacher, f"a checkpoint of the same classes in the same order "
-                                              f"({', '.join(self.classes)}); it has {', '.join(teacher.classes)}")
+            raise ConfigError(
+                key,
+                d.teacher,
+                f"a checkpoint of the same classes in the same order "
+                f"({', '.join(self.classes)}); it has {', '.join(teacher.classes)}",
+            )
         model = teacher.model.eval()
         model.requires_grad_(False)
         self.__dict__["teacher"] = model
@@ -118,7 +141,7 @@ class DetectNetModule(pl.LightningModule):
                     for p in conv.parameters():
                         p.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "DetectNetModule":
+    def train(self, mode: bool = True) -> DetectNetModule:
         super().train(mode)
         if self.model_cfg.freeze_bn:  # BN uses its running statistics and does not update them
             for m in self.model.modules():
@@ -147,7 +170,8 @@ class DetectNetModule(pl.LightningModule):
             raise TrainingDiverged(
                 f"the loss became {loss.item()} at epoch {self.current_epoch + 1}, step {self.global_step}; "
                 "lower training.learning_rate.soft_start_annealing_schedule.max_learning_rate or use "
-                "training.training_precision.backend_floatx=FLOAT32. The last complete checkpoint is kept.")
+                "training.training_precision.backend_floatx=FLOAT32. The last complete checkpoint is kept."
+            )
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/regularization", float(reg.detach()) if torch.is_tensor(reg) else reg, batch_size=bs)
         for k, cls in enumerate(self.classes):
@@ -216,9 +240,11 @@ class DetectNetModule(pl.LightningModule):
         schedule = t.learning_rate.soft_start_annealing_schedule
         adam = t.optimizer.adam
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=schedule.max_learning_rate, betas=(adam.beta1, adam.beta2),
-                                     eps=adam.epsilon)
+        optimizer = torch.optim.Adam(
+            params, lr=schedule.max_learning_rate, betas=(adam.beta1, adam.beta2), eps=adam.epsilon
+        )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: soft_start_annealing(step / total, schedule) / schedule.max_learning_rate)
+            optimizer, lambda step: soft_start_annealing(step / total, schedule) / schedule.max_learning_rate
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

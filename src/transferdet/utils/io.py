@@ -29,8 +29,11 @@ def make_folder(folder: Path) -> None:
 
 
 def write_failure(path: Path, err: OSError) -> DataError:
-    return DataError(path, f"cannot be written: {err.strerror} (is the disk full, or a file size limit set?); "
-                           "nothing was left under this name")
+    return DataError(
+        path,
+        f"cannot be written: {err.strerror} (is the disk full, or a file size limit set?); "
+        "nothing was left under this name",
+    )
 
 
 @contextlib.contextmanager
