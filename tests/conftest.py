@@ -13,7 +13,9 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from transferdet.config import register_configs
+from transferdet.config.overrides import checkpoint_override_args
 from transferdet.config.schema import SynthConfig
+from transferdet.config.tasks import runs_trained_models
 from transferdet.data.synth import generate
 
 register_configs()
@@ -21,8 +23,11 @@ register_configs()
 
 def compose_task(task: str, overrides: list[str] | None = None) -> DictConfig:
     """The config ``transferdet <task> <overrides>`` would run with (without Hydra's own node)."""
+    overrides = list(overrides or [])
+    if runs_trained_models(task):  # the model settings' overrides, spelt as on the command line
+        overrides = checkpoint_override_args(overrides)
     with initialize_config_module("transferdet.conf", version_base="1.3"):
-        return compose(task, overrides=overrides or [])
+        return compose(task, overrides=overrides)
 
 
 def small_synth_config(num_images: int, seed: int = 0, **kw) -> SynthConfig:
@@ -46,6 +51,56 @@ def tiny_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny") / "ds"
     generate(small_synth_config(40, seed=3, image_width=128, image_height=64), root, progress=False)
     return root
+
+
+# a briefly trained model is unsure of itself: keep its weak detections so there is something to score
+LOW_CONFIDENCE = [
+    f"postprocessing.target_class_config.{c}.clustering_config.dbscan_confidence_threshold=0.001"
+    for c in ("car", "pedestrian", "cyclist")
+]
+SMALL = ["augmentation.preprocessing.output_image_width=128", "augmentation.preprocessing.output_image_height=64"]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict:
+    """The one trained checkpoint of the suite: a ResNet-10 trained 3 epochs on 48 synthetic 128x64 images (on
+    the GPU where there is one), with its dataset and a copy of its validation images and labels."""
+    import json
+    import shutil
+
+    base = tmp_path_factory.mktemp("trained")
+    root = base / "ds"
+    generate(small_synth_config(48, seed=7, image_width=128, image_height=64), root, progress=False)
+    r = run_cli(
+        "train",
+        f"dataset.root={root}",
+        "model=resnet10",
+        "training.num_workers=0",
+        "training.num_epochs=3",
+        "training.batch_size_per_gpu=8",
+        "callbacks.progress_bar=null",
+        "training.learning_rate.soft_start_annealing_schedule.max_learning_rate=2e-3",
+        *SMALL,
+        *LOW_CONFIDENCE,
+        f"hydra.run.dir={base / 'train'}",
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    val_ids = json.loads((root / "converted" / "manifest.json").read_text())["partition"]["folds"]["0"]
+    images, labels = base / "val_images", base / "val_labels"
+    images.mkdir()
+    labels.mkdir()
+    for i in val_ids:
+        shutil.copy(root / "image_2" / f"{i}.png", images)
+        shutil.copy(root / "label_2" / f"{i}.txt", labels)
+    return {
+        "root": root,
+        "ckpt": base / "train" / "checkpoints" / "last.ckpt",
+        "images": images,
+        "labels": labels,
+        "val_ids": val_ids,
+        "log": r.stdout + r.stderr,
+    }
 
 
 @dataclass

@@ -1,68 +1,35 @@
-"""``transferdet <task> [hydra overrides...]``: one explicit table from task name to task function.
+"""``transferdet <task> [hydra overrides...]``: the command line.
 
 Each task has a primary config ``conf/<task>.yaml``. Hydra composes it (with the user's overrides),
-creates the run directory, and calls the task's ``run(cfg, run_dir) -> dict`` function through
-:func:`run_task`, which validates the config, writes the resolved config and ``metrics.json``, and
-turns a user's mistake (:class:`~transferdet.errors.TransferdetError`) into one line on stderr and
-exit status 2, without a traceback (``HYDRA_FULL_ERROR=1`` shows it).
+creates the run directory, and calls :func:`transferdet.tasks.run_task`, which validates the config,
+runs the task and writes ``config.yaml`` and ``metrics.json``. A user's mistake
+(:class:`~transferdet.errors.TransferdetError`) is one line on stderr and exit status 2, without a
+traceback (``HYDRA_FULL_ERROR=1`` shows it).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import math
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 
 from transferdet import __version__
-from transferdet.errors import TransferdetError
+from transferdet.config.overrides import checkpoint_override_args
+from transferdet.config.schema import register_configs
+from transferdet.config.tasks import runs_trained_models
+from transferdet.errors import ConfigError, TransferdetError
+from transferdet.tasks import TASKS, Task, run_task
 
 log = logging.getLogger("transferdet")
 
 CONFIG_PACKAGE = "pkg://transferdet.conf"
 EXIT_USER_ERROR = 2
-
-
-@dataclass(frozen=True)
-class Task:
-    summary: str
-    target: str  # "module:function"
-
-
-TASKS: dict[str, Task] = {
-    "synth": Task(
-        "write a synthetic KITTI-format road-scene dataset (the embedded default data)", "transferdet.tasks.synth:run"
-    ),
-    "convert": Task(
-        "validate and partition a KITTI dataset into the indexed training format, with a report",
-        "transferdet.tasks.convert:run",
-    ),
-    "train": Task("train (or retrain a pruned) DetectNet_v2 detector", "transferdet.tasks.train:run"),
-    "evaluate": Task(
-        "mAP of a checkpoint, an exported model, or a folder of KITTI prediction files",
-        "transferdet.tasks.evaluate:run",
-    ),
-    "infer": Task(
-        "detect objects in images, folders or videos; annotated outputs + KITTI labels", "transferdet.tasks.infer:run"
-    ),
-    "prune": Task("structured channel pruning of a trained model", "transferdet.tasks.prune:run"),
-    "calibrate": Task(
-        "write an INT8 calibration tensor file from the training data", "transferdet.tasks.calibrate:run"
-    ),
-    "export": Task("ONNX fp32/fp16/int8, TensorRT cache and engine, DeepStream config", "transferdet.tasks.export:run"),
-    "benchmark": Task(
-        "latency / throughput table across runtimes, precisions and batch sizes", "transferdet.tasks.benchmark:run"
-    ),
-    "pipeline": Task(
-        "the whole workflow, synth to report, in one command (resumable)", "transferdet.tasks.pipeline:run"
-    ),
-}
 
 
 # commands that are not Hydra tasks: name -> (summary, "module:function" taking argv)
@@ -96,47 +63,7 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _resolve(task_name: str) -> Callable[[DictConfig, Path], dict]:
-    module, func = TASKS[task_name].target.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
-def _flat_numbers(metrics: dict) -> dict[str, float | None]:
-    """metrics.json is a flat object of numbers (a non-finite value is written as null)."""
-    out: dict[str, float | None] = {}
-    for key, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"metric {key!r} is {type(value).__name__}; metrics must be numbers")
-        out[str(key)] = value if math.isfinite(value) else None
-    return out
-
-
-def run_task(task_name: str, cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    """Validate, run one task, and write ``config.yaml`` and ``metrics.json`` into ``run_dir``."""
-    from transferdet.config import validate
-    from transferdet.utils.dist import is_global_zero
-    from transferdet.utils.io import make_folder, write_json_atomic, write_text_atomic
-
-    make_folder(run_dir)
-    validate(cfg)
-    fn = _resolve(task_name)
-    writer = is_global_zero()  # the other processes of a distributed run share the run directory
-    if writer:
-        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(resolved))
-    metrics = _flat_numbers(fn(cfg, run_dir))
-    if writer:
-        write_json_atomic(run_dir / "metrics.json", metrics)
-        log.info("run directory: %s", run_dir)
-    return metrics
-
-
-def _hydra_entry(task_name: str) -> Callable[[], None]:
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
-
-    from transferdet.config import register_configs
-
+def _hydra_entry(task_name: str):
     register_configs()
 
     @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name=task_name)
@@ -169,8 +96,6 @@ def _hydra_entry(task_name: str) -> Callable[[], None]:
 def _check_output_dir(task_name: str, args: list[str]) -> None:
     """Hydra creates the run directory before any task code runs: check that it can, so a path under a
     file or in a read-only place is one clear line instead of Hydra's traceback."""
-    from transferdet.errors import ConfigError
-
     multirun = "-m" in args or "--multirun" in args
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     value = next((a.split("=", 1)[1] for a in reversed(args) if a.startswith(f"{key}=")), "outputs")
@@ -189,7 +114,37 @@ def _check_output_dir(task_name: str, args: list[str]) -> None:
         sys.exit(EXIT_USER_ERROR)
 
 
+# Hydra's options that take a value (the value is not an override)
+_VALUED_OPTIONS = {
+    "-c",
+    "--cfg",
+    "-p",
+    "--package",
+    "-cp",
+    "--config-path",
+    "-cn",
+    "--config-name",
+    "-cd",
+    "--config-dir",
+    "--experimental-rerun",
+    "-i",
+    "--info",
+}
+
+
+def with_override(args: list[str], override: str) -> list[str]:
+    """``args`` with one more override, placed next to the user's own: Hydra's parser takes the overrides as one
+    run of positional arguments, so one put after a flag (``... -m``, ``--cfg job``) would be refused."""
+    after_option = False
+    for i, arg in enumerate(args):
+        if not arg.startswith("-") and not after_option:
+            return [*args[:i], override, *args[i:]]
+        after_option = arg in _VALUED_OPTIONS
+    return [*args, override]
+
+
 def main(argv: list[str] | None = None) -> None:
+    """The ``transferdet`` command: a task with its Hydra overrides, a command, or the usage."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -209,9 +164,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"transferdet: unknown task {argv[0]!r}; tasks: {', '.join(TASKS)}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         task_name, rest = named[-1], argv
+    if runs_trained_models(task_name):
+        rest = checkpoint_override_args(rest)
     # Hydra reads its overrides from sys.argv; the task word is ours, so it travels as task_name=
     if f"task_name={task_name}" not in rest:
-        rest = [*rest, f"task_name={task_name}"]
+        rest = with_override(rest, f"task_name={task_name}")
     sys.argv = [sys.argv[0], *rest]
     _check_output_dir(task_name, rest)
     _hydra_entry(task_name)()

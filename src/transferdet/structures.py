@@ -27,4 +27,5 @@ class Detections:
 
     @staticmethod
     def empty() -> Detections:
+        """No detections."""
         return Detections(np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0))

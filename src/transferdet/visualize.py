@@ -28,6 +28,7 @@ def to_pil(image: torch.Tensor | np.ndarray) -> Image.Image:
 def draw_detections(
     image, det: Detections | None, gt: GroundTruth | None, classes: Sequence[str], min_score: float = 0.0
 ) -> Image.Image:
+    """An image with detections (and ground truth, dashed) drawn, as a PIL image."""
     im = to_pil(image).copy()
     d = ImageDraw.Draw(im)
     if gt is not None:
@@ -45,6 +46,7 @@ def draw_detections(
 
 
 def save_grid(images: Sequence[Image.Image], path: Path, columns: int = 2) -> None:
+    """Images tiled into one PNG, ``columns`` wide."""
     w, h = images[0].size
     rows = (len(images) + columns - 1) // columns
     grid = Image.new("RGB", (w * columns, h * rows))

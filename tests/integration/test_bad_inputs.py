@@ -219,30 +219,16 @@ SMALL = ["augmentation.preprocessing.output_image_width=128", "augmentation.prep
 
 
 @pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    """A tiny dataset, a checkpoint trained for two steps, its pruned checkpoint and its ONNX export."""
+def art(tmp_path_factory, trained):
+    """The suite's trained checkpoint with its dataset, its pruned checkpoint and its ONNX export."""
     import torch
     import torchvision
 
-    from tests.conftest import run_cli, small_synth_config
-    from transferdet.data.synth import generate
+    from tests.conftest import run_cli
 
     base = tmp_path_factory.mktemp("artefacts")
-    root = base / "ds"
-    generate(small_synth_config(24, seed=11, image_width=128, image_height=64), root, progress=False)
-    r = run_cli(
-        "train",
-        f"dataset.root={root}",
-        "model=resnet10",
-        "training.num_workers=0",
-        "training.num_epochs=1",
-        "training.batch_size_per_gpu=8",
-        "callbacks.progress_bar=null",
-        *SMALL,
-        f"hydra.run.dir={base / 'train'}",
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    ckpt = base / "train" / "checkpoints" / "last.ckpt"
+    root = trained["root"]
+    ckpt = trained["ckpt"]
     r = run_cli("prune", f"checkpoint={ckpt}", "pruning.target_ratio=0.3", f"hydra.run.dir={base / 'prune'}")
     assert r.returncode == 0, r.stderr[-2000:]
     r = run_cli(
@@ -274,11 +260,11 @@ def _resave(src: Path, dst: Path, change) -> Path:
     "keep-checksum" (the weights were altered behind the checksum's back)."""
     import torch
 
-    from transferdet.models.checkpoint import CHECKSUM_KEY, weights_checksum
+    from transferdet.detector.checkpoint import CHECKSUM_KEY, checksum
 
     obj = torch.load(src, weights_only=True)
     if change(obj) != "keep-checksum" and CHECKSUM_KEY in obj:
-        obj[CHECKSUM_KEY] = weights_checksum(obj["state_dict"])
+        obj[CHECKSUM_KEY] = checksum(obj)
     torch.save(obj, dst)
     return dst
 
@@ -323,12 +309,12 @@ ARTEFACT_CASES = {
     "infer-altered-weights": (
         "infer",
         lambda a, t: [f"checkpoint={_resave(a['ckpt'], t / 'alt.ckpt', _flip_weight)}", f"input={a['images']}"],
-        ["alt.ckpt: weights checksum mismatch", "refused"],
+        ["alt.ckpt: checksum mismatch", "refused"],
     ),
     "export-checkpoint-without-checksum": (
         "export",
         lambda a, t: [f"checkpoint={_resave(a['ckpt'], t / 'nosum.ckpt', lambda o: o.pop('transferdet_checksum'))}"],
-        ["nosum.ckpt: transferdet checkpoint without a weights checksum"],
+        ["nosum.ckpt: transferdet checkpoint without a checksum"],
     ),
     "prune-plain-state-dict": (
         "prune",
@@ -349,7 +335,11 @@ ARTEFACT_CASES = {
         "infer",
         lambda a, t: [
             "checkpoint="
-            + str(_resave(a["pruned"], t / "noplan.ckpt", lambda o: o["hyper_parameters"].pop("channel_plan"))),
+            + str(
+                _resave(
+                    a["pruned"], t / "noplan.ckpt", lambda o: o["hyper_parameters"]["spec"].update(channel_plan=None)
+                )
+            ),
             f"input={a['images']}",
         ],
         ["noplan.ckpt: tensor shapes do not match the architecture (a pruned checkpoint without its channel plan?)"],

@@ -126,3 +126,19 @@ def test_default_run_directory_is_under_outputs_and_relative_roots_work(cli, tmp
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "data" / "tiny" / "converted" / "manifest.json").read_text())
     assert manifest["source"]["root"] == str((tmp_path / "data" / "tiny").resolve())
+
+
+def test_hydra_flags_anywhere_on_the_line(cli, tmp_path):
+    """The task word travels as an override next to the user's: a trailing -m or --cfg job keeps working."""
+    r = cli("synth", "synth.num_images=2", "--cfg", "job")
+    assert r.returncode == 0 and "task_name: synth" in r.stdout and "num_images: 2" in r.stdout, r.stderr
+    r = cli(
+        "synth",
+        f"dataset.root={tmp_path}/ds_${{synth.seed}}",
+        "synth.num_images=2",
+        "synth.seed=3,4",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "-m",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "ds_3" / "synth.json").is_file() and (tmp_path / "ds_4" / "synth.json").is_file()

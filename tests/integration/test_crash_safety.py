@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import compose_task
+from transferdet.detector.checkpoint import read as load_tensor_file
 from transferdet.errors import DataError
-from transferdet.models.checkpoint import load_tensor_file
+from transferdet.tasks import run_task
 
 TINY = [
     "model=resnet10",
@@ -185,8 +186,6 @@ class _RunsCode:
 )
 def test_a_checkpoint_whose_pickle_runs_code_is_refused_by_every_loading_task(tiny_root, tmp_path, task, key):
     import torch
-
-    from transferdet.cli import run_task
 
     marker = tmp_path / "code-ran"
     evil = tmp_path / "evil.ckpt"

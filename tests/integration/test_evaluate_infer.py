@@ -4,60 +4,18 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import av
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run_cli, small_synth_config
+from tests.conftest import LOW_CONFIDENCE, SMALL
 from transferdet.data.kitti import read_label_file
-from transferdet.data.synth import generate
+from transferdet.detector import checkpoint
 
-SIZE = ["augmentation.preprocessing.output_image_width=128", "augmentation.preprocessing.output_image_height=64"]
-# a briefly trained model is unsure of itself: keep its weak detections so there is something to score
-LOW = [
-    f"postprocessing.target_class_config.{c}.clustering_config.dbscan_confidence_threshold=0.001"
-    for c in ("car", "pedestrian", "cyclist")
-]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    base = tmp_path_factory.mktemp("trained")
-    root = base / "ds"
-    generate(small_synth_config(48, seed=7, image_width=128, image_height=64), root, progress=False)
-    r = run_cli(
-        "train",
-        f"dataset.root={root}",
-        "model=resnet10",
-        "training.num_workers=0",
-        "training.num_epochs=3",
-        "training.batch_size_per_gpu=8",
-        "callbacks.progress_bar=null",
-        "training.learning_rate.soft_start_annealing_schedule.max_learning_rate=2e-3",
-        *SIZE,
-        *LOW,
-        f"hydra.run.dir={base / 'train'}",
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    manifest = json.loads((root / "converted" / "manifest.json").read_text())
-    val_ids = manifest["partition"]["folds"]["0"]
-    images, labels = base / "val_images", base / "val_labels"
-    images.mkdir()
-    labels.mkdir()
-    for i in val_ids:
-        shutil.copy(root / "image_2" / f"{i}.png", images)
-        shutil.copy(root / "label_2" / f"{i}.txt", labels)
-    return {
-        "root": root,
-        "ckpt": base / "train" / "checkpoints" / "last.ckpt",
-        "images": images,
-        "labels": labels,
-        "val_ids": val_ids,
-    }
+SIZE = SMALL
+LOW = LOW_CONFIDENCE
 
 
 def test_infer_on_a_folder_reproduces_evaluate(trained, tmp_path, cli):
@@ -160,7 +118,7 @@ def test_infer_and_evaluate_refuse_bad_inputs(trained, tmp_path, cli):
         "precision=fp8",
         f"hydra.run.dir={tmp_path / 'f'}",
     )
-    assert r.returncode == 2 and "config key 'precision'" in r.stderr and "fp32 | fp16" in r.stderr
+    assert r.returncode == 2 and "config key 'precision'" in r.stderr and "fp32, fp16" in r.stderr
     import torch
 
     if not torch.cuda.is_available():  # fp16 is the GPU's (tests/integration/test_gpu.py runs it there)
@@ -344,15 +302,13 @@ def test_benchmark_writes_a_table_json_and_chart(trained, tmp_path, cli):
 def test_prune_then_retrain_from_config_in_a_fresh_process(trained, tmp_path, cli):
     import torch
 
-    from transferdet.inference.predictor import load_module
-
     r = cli("prune", f"checkpoint={trained['ckpt']}", "pruning.target_ratio=0.3", f"hydra.run.dir={tmp_path / 'prune'}")
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((tmp_path / "prune" / "metrics.json").read_text())
     pruned_ckpt = tmp_path / "prune" / "pruned.ckpt"
-    pruned = load_module(pruned_ckpt)
+    pruned = checkpoint.load(pruned_ckpt)
     assert metrics["prune/ratio"] <= 0.3 and metrics["prune/params_after"] == sum(
-        p.numel() for p in pruned.model.parameters()
+        p.numel() for p in pruned.network.parameters()
     )
     report = json.loads((tmp_path / "prune" / "pruning_report.json").read_text())
     assert report["layers"] and (tmp_path / "prune" / "pruning_report.md").read_text().startswith("# Pruning report")
@@ -372,10 +328,10 @@ def test_prune_then_retrain_from_config_in_a_fresh_process(trained, tmp_path, cl
         f"hydra.run.dir={tmp_path / 'retrain'}",
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    retrained = load_module(tmp_path / "retrain" / "checkpoints" / "last.ckpt")
+    retrained = checkpoint.load(tmp_path / "retrain" / "checkpoints" / "last.ckpt")
     x = torch.rand(2, 3, 64, 128)
     with torch.no_grad():
-        a, b = pruned.model(x), retrained.model(x)
+        a, b = pruned.network(x), retrained.network(x)
     assert (a[0] - b[0]).abs().max() < 1e-5 and (a[1] - b[1]).abs().max() < 1e-5
 
     # evaluate, infer and export take the pruned checkpoint like any other
@@ -394,12 +350,16 @@ def test_prune_then_retrain_from_config_in_a_fresh_process(trained, tmp_path, cl
     assert json.loads((tmp_path / "export" / "metrics.json").read_text())["parity/max_abs_diff_cov"] < 1e-4
 
     # a pruned checkpoint that lost its channel plan is refused with the reason
+    # (written with a valid checksum: an edit behind the checksum's back is refused as such)
     obj = torch.load(pruned_ckpt, weights_only=True)
-    del obj["hyper_parameters"]["channel_plan"]
+    obj["hyper_parameters"]["spec"]["channel_plan"] = None
     broken = tmp_path / "no_plan.ckpt"
-    torch.save(obj, broken)
+    torch.save({**obj, checkpoint.CHECKSUM_KEY: checkpoint.checksum(obj)}, broken)
     r = cli("evaluate", f"checkpoint={broken}", f"dataset.root={trained['root']}", f"hydra.run.dir={tmp_path / 'x'}")
     assert r.returncode == 2 and "without its channel plan" in r.stderr and "Traceback" not in r.stderr
+    torch.save(obj, edited := tmp_path / "edited.ckpt")
+    r = cli("evaluate", f"checkpoint={edited}", f"dataset.root={trained['root']}", f"hydra.run.dir={tmp_path / 'y'}")
+    assert r.returncode == 2 and "checksum mismatch" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_prune_sensitivity_sweep_draws_a_pareto_plot(trained, tmp_path, cli):

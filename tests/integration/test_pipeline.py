@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import compose_task, run_cli
-from transferdet.pipeline.runner import STAGES, config_digest, stage_config, stage_dirs
+from transferdet.pipeline.runner import config_digest, stage_config
+from transferdet.pipeline.stages import STAGES, stage_dirs
 
 TINY = [
     "synth.num_images=40",
@@ -128,6 +129,12 @@ def test_report_has_every_section_and_picture(resumed):
     )
     evaluated = json.loads((run_dir / "10_evaluate_int8" / "metrics.json").read_text())
     assert metrics["pipeline/mAP_int8"] == pytest.approx(evaluated["mAP"])
+    # one INT8 model, one INT8 mAP: the benchmark timed and scored the file the export stage wrote
+    rows = json.loads((run_dir / "11_benchmark" / "benchmark.json").read_text())["rows"]
+    int8 = [x for x in rows if (x["model"], x["runtime"], x["precision"]) == ("pruned", "onnxruntime", "int8")]
+    assert int8 and all(x["file"] == str(run_dir / "09_export" / "model_int8.onnx") for x in int8)
+    assert all(x["mAP"] == evaluated["mAP"] for x in int8)
+    assert "| pruned | onnxruntime | int8 | 1 |" in report and f"{evaluated['mAP']:.4f}" in report
     assert "| 6 | retrain | complete |" in report
     assert (run_dir / "09_export" / "model_int8.onnx").is_file() and (
         run_dir / "09_export" / "calibration.cache"
@@ -238,3 +245,17 @@ def test_retrain_overrides_with_an_unknown_key_name_the_key():
     cfg = compose_task("pipeline", ["pipeline.retrain={training: {num_epoch: 7}}"])
     with pytest.raises(ConfigError, match=r"pipeline\.retrain.*num_epoch"):
         stage_config(cfg, next(s for s in STAGES if s.name == "retrain"), stage_dirs(Path("/run")))
+
+
+def test_every_stage_config_validates_before_any_stage_has_run(tmp_path):
+    """The pipeline checks every stage's config up front, when no checkpoint of a later stage exists yet."""
+    from transferdet.config.validate import validate
+
+    cfg = compose_task("pipeline", ["postprocessing.target_class_config.car.clustering_config.dbscan_eps=0.33"])
+    dirs = stage_dirs(tmp_path / "run")
+    for stage in STAGES:
+        validate(stage_config(cfg, stage, dirs), stage.task)
+    train, evaluate = (stage_config(cfg, s, dirs) for s in STAGES if s.name in ("train", "evaluate"))
+    # the training stage gets the pipeline's settings; the evaluate stage takes them from the checkpoint
+    assert train.postprocessing.target_class_config.car.clustering_config.dbscan_eps == 0.33
+    assert dict(evaluate.postprocessing) == {} and dict(evaluate.augmentation.preprocessing) == {}

@@ -196,7 +196,7 @@ def test_pruning_callback_shrinks_during_training_and_resume_restores_the_shape(
             and not k.endswith(("running_mean", "running_var", "num_batches_tracked", ".mean", ".std"))
         )
 
-    assert "channel_plan" in final["hyper_parameters"] and params(final) <= 0.4 * full
+    assert final["hyper_parameters"]["spec"]["channel_plan"] and params(final) <= 0.4 * full
     assert params(first) == params(final)  # epoch 1's checkpoint was written after the pruning step
     assert final["global_step"] == 16
 
@@ -217,10 +217,11 @@ def test_pruning_callback_shrinks_during_training_and_resume_restores_the_shape(
 
 
 def test_distillation_pulls_the_student_towards_the_teacher_and_stays_out_of_checkpoints(cli, tiny_root, tmp_path):
+    from transferdet.config.schema import AugmentationConfig
     from transferdet.data.augment import Augmenter
     from transferdet.data.converted import ConvertedDataset
     from transferdet.data.loader import DetectionDataset, collate
-    from transferdet.inference.predictor import load_module
+    from transferdet.detector import checkpoint
 
     r = cli("train", f"dataset.root={tiny_root}", *TINY, "training.num_epochs=2", f"hydra.run.dir={tmp_path / 't'}")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -243,15 +244,16 @@ def test_distillation_pulls_the_student_towards_the_teacher_and_stays_out_of_che
     plain = student("plain")
     taught = student("taught", f"training.distillation.teacher={teacher_ckpt}", "training.distillation.weight=10")
 
-    teacher = load_module(teacher_ckpt)
+    teacher = checkpoint.load(teacher_ckpt)
+    preprocessing = AugmentationConfig(preprocessing=teacher.spec.preprocessing)
     data = DetectionDataset(
-        ConvertedDataset(tiny_root / "converted").split("train"), Augmenter(teacher.aug, train=False, seed=0)
+        ConvertedDataset(tiny_root / "converted").split("train"), Augmenter(preprocessing, train=False, seed=0)
     )
     batch = collate([data[i] for i in range(16)])
     with torch.no_grad():
-        want = teacher.model(batch.images)[0]
+        want = teacher.network(batch.images)[0]
         gap = {
-            name: float((load_module(p).model(batch.images)[0] - want).abs().mean())
+            name: float((checkpoint.load(p).network(batch.images)[0] - want).abs().mean())
             for name, p in (("plain", plain), ("taught", taught))
         }
     # same seed, same batches: only the distillation differs (measured: coverage 0.026 vs 0.062 off the teacher's)
@@ -259,7 +261,7 @@ def test_distillation_pulls_the_student_towards_the_teacher_and_stays_out_of_che
 
     ckpt = torch.load(taught, weights_only=True)
     assert not [k for k in ckpt["state_dict"] if "teacher" in k]  # the teacher is not saved with the student
-    assert ckpt["hyper_parameters"]["config"]["training"]["distillation"]["teacher"] == str(teacher_ckpt)
+    assert ckpt["hyper_parameters"]["training"]["training"]["distillation"]["teacher"] == str(teacher_ckpt)
     history = (tmp_path / "taught" / "csv").rglob("metrics.csv")
     assert any("train/distillation" in f.read_text().splitlines()[0] for f in history)
 

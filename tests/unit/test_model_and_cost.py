@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from pytorch_lightning.plugins.precision import MixedPrecision
 
 from tests.conftest import compose_task
 from transferdet.config.schema import (
@@ -19,12 +20,16 @@ from transferdet.config.schema import (
     RegularizerType,
     SoftStartAnnealingScheduleConfig,
 )
+from transferdet.config.validate import typed
+from transferdet.data.loader import Batch
+from transferdet.detector.pretrained import load_pretrained
+from transferdet.inference.backends import TorchBackend
 from transferdet.losses.cost import DetectNetCost, regularization
 from transferdet.losses.rasterizer import Rasterizer
 from transferdet.models import build_detector
-from transferdet.models.checkpoint import load_pretrained
-from transferdet.tasks.train import build_module
+from transferdet.training.module import TrainingDiverged
 from transferdet.training.schedule import soft_start_annealing
+from transferdet.training.setup import module_from_config, precision_plugins
 
 CLASSES = ["car", "pedestrian", "cyclist"]
 
@@ -154,7 +159,7 @@ def test_lr_schedule_matches_the_formula(p, t):
 
 def test_freeze_blocks_leave_frozen_weights_bit_identical_after_a_step():
     cfg = compose_task("train", ["model=resnet10", "model.freeze_blocks=[0,1,2]", "model.freeze_bn=true"])
-    module = build_module(cfg, CLASSES)
+    module = module_from_config(cfg)
     module.train()
     frozen = {
         k: v.clone()
@@ -174,10 +179,7 @@ def test_freeze_blocks_leave_frozen_weights_bit_identical_after_a_step():
 
 
 def test_non_finite_loss_stops_training_with_a_clear_message():
-    from transferdet.data.loader import Batch
-    from transferdet.training.module import TrainingDiverged
-
-    module = build_module(compose_task("train", ["model=resnet10"]), CLASSES)
+    module = module_from_config(compose_task("train", ["model=resnet10"]))
     images = torch.full((2, 3, 128, 384), float("nan"))
     batch = Batch(
         images,
@@ -193,24 +195,20 @@ def test_non_finite_loss_stops_training_with_a_clear_message():
 
 
 def test_training_precision_and_cost_scaling_map_onto_lightning():
-    from pytorch_lightning.plugins.precision import MixedPrecision
+    def plugins_of(overrides: list[str]):
+        return precision_plugins(typed(compose_task("train", overrides), "training"), "cpu")
 
-    from transferdet.tasks.train import precision_plugins
-
-    assert precision_plugins(compose_task("train"), "cpu")[0] == "32-true"
-    bf16 = compose_task("train", ["training.training_precision.backend_floatx=BFLOAT16"])
-    assert precision_plugins(bf16, "cpu")[0] == "bf16-mixed"
-    fp16 = compose_task(
-        "train",
+    assert plugins_of([])[0] == "32-true"
+    assert plugins_of(["training.training_precision.backend_floatx=BFLOAT16"])[0] == "bf16-mixed"
+    precision, plugins = plugins_of(
         [
             "training.training_precision.backend_floatx=FLOAT16",
             "training.cost_scaling.enabled=true",
             "training.cost_scaling.initial_exponent=10",
             "training.cost_scaling.increment=0.5",
             "training.cost_scaling.decrement=2",
-        ],
+        ]
     )
-    precision, plugins = precision_plugins(fp16, "cpu")
     (mixed,) = [p for p in plugins if isinstance(p, MixedPrecision)]
     scaler = mixed.scaler
     assert precision is None and mixed.precision == "16-mixed"
@@ -251,16 +249,15 @@ def test_batch_norm_folding_keeps_the_outputs_and_removes_every_batch_norm(depth
             assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
 
 
-def test_cpu_predictor_runs_the_folded_channels_last_network_with_the_models_outputs():
-    from transferdet.inference.predictor import Predictor
-
-    module = build_module(compose_task("train", ["model=resnet10"]), CLASSES)
+def test_cpu_backend_runs_the_folded_channels_last_network_with_the_models_outputs():
+    module = module_from_config(compose_task("train", ["model=resnet10"]))
     _with_batch_norm_statistics(module.model)
-    predictor = Predictor(module, "cpu")
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in predictor.network.modules())
-    assert predictor.network.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    backend = TorchBackend(module.model)
+    assert backend.device.type == "cpu"
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backend.network.modules())
+    assert backend.network.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.rand(2, 3, module.height, module.width)
-    cov, bbox = predictor.outputs(x)
+    cov, bbox = backend(x)
     with torch.no_grad():
         ref = module.model(x)
     for got, want in zip((cov, bbox), ref):

@@ -11,9 +11,8 @@ from torch import nn
 from transferdet.config.schema import EqualizationCriterion, Normalizer, PruningConfig
 from transferdet.export.onnx_export import export_onnx
 from transferdet.models import build_detector
+from transferdet.models.detectnet import apply_channel_plan, channel_plan
 from transferdet.pruning.pruner import (
-    apply_channel_plan,
-    channel_plan,
     equalize,
     kept_indices,
     normalize,

@@ -19,6 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from transferdet.config.schema import SynthConfig
+from transferdet.data.synth import generate
+from transferdet.detector import checkpoint
+
 
 def _peak_rss_mib(args: list[str]) -> tuple[float, float]:
     """Peak RSS (MiB) and wall seconds of one command, read by a fresh wrapper process so that
@@ -55,10 +59,7 @@ def _video(images: list[Path], frames: int, path: Path) -> Path:
 
 
 def main() -> None:
-    from transferdet.config.schema import SynthConfig
-    from transferdet.data.synth import generate
-    from transferdet.inference.predictor import load_module
-
+    """Run the measurement from the command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
     p.add_argument("--small", type=int, default=100)
@@ -66,11 +67,11 @@ def main() -> None:
     p.add_argument("--frames", type=int, nargs=2, default=[100, 1000])
     p.add_argument("--out", type=Path)
     a = p.parse_args()
-    module = load_module(a.checkpoint)
+    spec = checkpoint.read_spec(a.checkpoint)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        synth = SynthConfig(num_images=a.large, image_width=module.width, image_height=module.height, seed=123)
+        synth = SynthConfig(num_images=a.large, image_width=spec.width, image_height=spec.height, seed=123)
         synth.class_frequencies = {"car": 0.68, "pedestrian": 0.22, "cyclist": 0.10}
         generate(synth, tmp / "ds")
         images = sorted((tmp / "ds" / "image_2").glob("*.png"))

@@ -38,6 +38,7 @@ W, H, S = 1248, 384, 16
 def network_outputs(
     rng: np.random.Generator, n: int, background_rate: float = 0.04
 ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Synthetic DetectNet_v2 outputs of ``n`` images at 1248x384, and the candidates per image."""
     gh, gw = H // S, W // S
     cov = np.zeros((n, 3, gh, gw), np.float32)
     background = rng.random(cov.shape) < background_rate
@@ -56,6 +57,7 @@ def network_outputs(
 
 
 def bench_postprocess(images: int = 200, background_rate: float = 0.04) -> dict:
+    """Post-processing time per image on one core."""
     rng = np.random.default_rng(0)
     cfg = PostprocessingConfig(target_class_config={c: PostprocessingClassConfig(ClusteringConfig()) for c in CLASSES})
     post = Postprocessor(CLASSES, cfg, width=W, height=H)
@@ -80,6 +82,7 @@ def bench_postprocess(images: int = 200, background_rate: float = 0.04) -> dict:
 
 
 def evaluation_data(rng: np.random.Generator, n: int) -> tuple[list[GroundTruth], list[Detections]]:
+    """Ground truth and detections of ``n`` images for the evaluation timing."""
     gts, dets = [], []
     for _ in range(n):
         m = rng.integers(2, 10)
@@ -100,6 +103,7 @@ def evaluation_data(rng: np.random.Generator, n: int) -> tuple[list[GroundTruth]
 
 
 def bench_evaluation(images: int = 7500) -> dict:
+    """Evaluation time of ``images`` images (VOC + levels + sizes, then COCO)."""
     gts, dets = evaluation_data(np.random.default_rng(1), images)
     cfg = EvaluationConfig(minimum_detection_ground_truth_overlap={"car": 0.7, "pedestrian": 0.5, "cyclist": 0.5})
     t = time.perf_counter()
@@ -117,6 +121,7 @@ def bench_evaluation(images: int = 7500) -> dict:
 
 
 def main() -> None:
+    """Run both measurements from the command line and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=7500, help="images in the evaluation benchmark")
     parser.add_argument("--out", default="bench_postprocess_eval.json")

@@ -18,21 +18,23 @@ import time
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from transferdet.config.schema import SynthConfig
+from transferdet.config.schema import SynthConfig, register_configs
+from transferdet.config.validate import typed
+from transferdet.data.convert import write_converted
+from transferdet.data.kitti import scan_dataset
 from transferdet.data.synth import generate
+from transferdet.training.datamodule import DetectionDataModule
+from transferdet.training.setup import module_from_config
+from transferdet.utils.io import write_json_atomic
 
 RESOLUTIONS = [(1248, 384), (384, 128)]
 CLASSES = ["car", "pedestrian", "cyclist"]
 
 
 def _module(width: int, height: int, depth: int):
-    from hydra import compose, initialize_config_module
-
-    from transferdet.config import register_configs
-    from transferdet.tasks.train import build_module
-
     register_configs()
     with initialize_config_module("transferdet.conf", version_base="1.3"):
         cfg = compose(
@@ -43,7 +45,7 @@ def _module(width: int, height: int, depth: int):
                 f"augmentation.preprocessing.output_image_height={height}",
             ],
         )
-    return cfg, build_module(cfg, CLASSES)
+    return cfg, module_from_config(cfg)
 
 
 def _step(module, optimizer, batch) -> None:
@@ -56,11 +58,7 @@ def _step(module, optimizer, batch) -> None:
 
 
 def measure(width: int, height: int, depth: int, batch_size: int, steps: int, workers: int, work: Path) -> dict:
-    from transferdet.data.convert import write_converted
-    from transferdet.data.kitti import scan_dataset
-    from transferdet.training.datamodule import DetectionDataModule
-    from transferdet.utils.io import write_json_atomic
-
+    """Training images/s at one resolution with the data loader and with one pre-loaded batch."""
     root = work / f"ds_{width}x{height}"
     if not root.exists():
         generate(
@@ -85,7 +83,12 @@ def measure(width: int, height: int, depth: int, batch_size: int, steps: int, wo
     module.train()
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-4)
     dm = DetectionDataModule(
-        root / "converted", module.aug, batch_size=batch_size, eval_batch_size=batch_size, num_workers=workers, seed=0
+        root / "converted",
+        typed(cfg, "augmentation"),
+        batch_size=batch_size,
+        eval_batch_size=batch_size,
+        num_workers=workers,
+        seed=0,
     )
     dm.setup()
     loader = iter(dm.train_dataloader())
@@ -109,6 +112,7 @@ def measure(width: int, height: int, depth: int, batch_size: int, steps: int, wo
 
 
 def main() -> None:
+    """Run the measurement from the command line and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depth", type=int, default=18)
     parser.add_argument("--batch-size", type=int, default=8)

@@ -17,9 +17,12 @@ import logging
 from typing import Any
 
 import pytorch_lightning as pl
+from typing_extensions import override
 
 from transferdet.config.schema import EqualizationCriterion, Normalizer, PruningConfig
 from transferdet.errors import ConfigError
+from transferdet.models.detectnet import channel_plan
+from transferdet.pruning.pruner import prune, prune_to_ratio
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +61,13 @@ class PruningCallback(pl.Callback):
         self.epochs = sorted(epochs)
         self.done: list[int] = []
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer.world_size > 1:
             raise ConfigError("callbacks.pruning", "DDP", "single-process training (trainer=cpu or trainer=gpu)")
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from transferdet.pruning.pruner import channel_plan, prune, prune_to_ratio
-
         epoch = trainer.current_epoch + 1
         if epoch not in self.epochs or epoch in self.done:
             return
@@ -74,7 +77,7 @@ class PruningCallback(pl.Callback):
         else:
             report = prune(model, self.cfg, pl_module.height, pl_module.width)
         model.train()
-        pl_module.hparams["channel_plan"] = channel_plan(model)
+        pl_module.set_channel_plan(channel_plan(model))
         trainer.strategy.setup_optimizers(trainer)  # new Adam state for the new parameters
         for config in trainer.lr_scheduler_configs:
             config.scheduler.last_epoch = trainer.global_step - 1
@@ -87,8 +90,10 @@ class PruningCallback(pl.Callback):
             report.ratio,
         )
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"done": list(self.done)}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.done = [int(e) for e in state_dict.get("done", [])]

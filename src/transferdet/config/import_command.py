@@ -6,14 +6,14 @@ import argparse
 import os
 import sys
 
+from transferdet.config.tlt_spec import default_output_root, import_spec
 from transferdet.errors import TransferdetError
 
 EXIT_USER_ERROR = 2
 
 
 def main(argv: list[str]) -> int:
-    from transferdet.config.tlt_spec import default_output_root, import_spec
-
+    """``transferdet import-spec``: returns the exit status (2 for a user's mistake)."""
     parser = argparse.ArgumentParser(
         prog="transferdet import-spec",
         description="Convert a TLT/TAO DetectNet_v2 experiment spec (protobuf text format) into a transferdet "

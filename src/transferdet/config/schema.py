@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import MISSING, OmegaConf
 
 IGNORE_CLASS = "dontcare"  # target name that turns objects into ignore regions (no loss, neither TP nor FP)
 
@@ -450,9 +452,6 @@ GROUP_SCHEMAS: Dict[str, Any] = {
 def sweep_group() -> Optional[str]:
     """``${sweep_group:}``: the sweep directory's name in a multirun (so the trials of one sweep share a
     W&B group), None in a single run."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     try:
         hc = HydraConfig.get()
     except ValueError:  # not inside a Hydra run
@@ -464,8 +463,6 @@ def sweep_group() -> Optional[str]:
 
 def register_configs() -> None:
     """Register each schema as ``<group>/base`` and our resolvers (idempotent)."""
-    from omegaconf import OmegaConf
-
     if not OmegaConf.has_resolver("sweep_group"):
         OmegaConf.register_new_resolver("sweep_group", sweep_group)
     cs = ConfigStore.instance()

@@ -17,14 +17,24 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
+import tempfile
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_module
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
 from transferdet.config import schema as S
+from transferdet.config.validate import validate
 from transferdet.errors import ConfigError, DataError
+from transferdet.utils.io import atomic_path
 
 # --------------------------------------------------------------------------- protobuf text format
 
@@ -227,6 +237,7 @@ def _pop(fields: list[Field], name: str) -> list[Field]:
 
 
 def convert(spec: list[Field]) -> Imported:
+    """A parsed spec's blocks as our config groups, with the keys that have no counterpart."""
     out = Imported()
     training_extra: dict = {}
     for f in spec:
@@ -282,8 +293,7 @@ def convert(spec: list[Field]) -> Imported:
 
 
 def experiment_yaml(imported: Imported, source: Path) -> str:
-    from omegaconf import OmegaConf
-
+    """The experiment file's text: a ``# @package _global_`` header of notes, then the groups."""
     head = [
         "# @package _global_",
         f"# Imported from the TLT spec {source} by `transferdet import-spec`.",
@@ -299,8 +309,7 @@ def experiment_yaml(imported: Imported, source: Path) -> str:
 
 
 def default_output_root() -> Path:
-    from importlib import resources
-
+    """Where ``conf/`` of the installed package is (experiments go to its ``experiment/``)."""
     return Path(str(resources.files("transferdet.conf")))
 
 
@@ -308,8 +317,6 @@ def import_spec(
     spec_path: str | Path, name: str | None = None, output_root: str | Path | None = None, force: bool = False
 ) -> tuple[Path, Imported]:
     """Write ``<output_root>/experiment/<name>.yaml`` from a TLT spec; check it composes and validates first."""
-    from transferdet.utils.io import atomic_path
-
     spec_path = Path(spec_path)
     if not spec_path.is_file():
         raise ConfigError("spec", str(spec_path), "an existing TLT/TAO DetectNet_v2 experiment spec file (.txt)")
@@ -335,16 +342,7 @@ def import_spec(
 
 def check_composes(root: Path, name: str, candidate: Path) -> None:
     """Compose and validate ``train experiment=<name>`` with the candidate file in place of the final one."""
-    import shutil
-    import tempfile
-
-    from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from transferdet.config import register_configs, validate
-
-    register_configs()
+    S.register_configs()
     with tempfile.TemporaryDirectory() as tmpdir:
         (Path(tmpdir) / "experiment").mkdir()
         probe = f"_import_check_{name}"  # a name no installed experiment has

@@ -13,6 +13,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from transferdet.config import schema as S
+from transferdet.config.overrides import OVERRIDE_ROOTS, DetectorOverrides
+from transferdet.config.tasks import runs_trained_models, task_args
 from transferdet.errors import ConfigError
 
 
@@ -45,6 +47,7 @@ def target_classes(dataset: S.DatasetConfig) -> list[str]:
 
 
 def validate_dataset(d: S.DatasetConfig) -> None:
+    """Ranges of ``dataset`` and the partition settings that go together."""
     _in_range("dataset.val_split", d.val_split, 0, 100, hi_open=True)
     positive_int("dataset.num_shards", d.num_shards)
     _require(
@@ -98,6 +101,7 @@ def validate_dataset(d: S.DatasetConfig) -> None:
 
 
 def validate_augmentation(a: S.AugmentationConfig) -> None:
+    """Input size (multiples of 16) and augmentation ranges."""
     p = a.preprocessing
     for name in ("output_image_width", "output_image_height"):
         v = getattr(p, name)
@@ -135,6 +139,7 @@ SUPPORTED_RESNET_DEPTHS = (10, 18, 34, 50, 101)
 
 
 def validate_model(m: S.ModelConfig) -> None:
+    """Architecture, frozen blocks, box encoding and input normalisation."""
     _require(m.arch == "resnet", "model.arch", m.arch, "'resnet'")
     _require(
         m.num_layers in SUPPORTED_RESNET_DEPTHS,
@@ -158,6 +163,7 @@ def validate_model(m: S.ModelConfig) -> None:
 
 
 def validate_training(t: S.TrainingConfig) -> None:
+    """Batch, epochs, schedule, optimizer, regularizer and distillation ranges."""
     positive_int("training.batch_size_per_gpu", t.batch_size_per_gpu)
     positive_int("training.num_epochs", t.num_epochs)
     _require(t.checkpoint_interval >= 0, "training.checkpoint_interval", t.checkpoint_interval, "an integer >= 0")
@@ -188,6 +194,7 @@ def validate_training(t: S.TrainingConfig) -> None:
 
 
 def validate_evaluation(e: S.EvaluationConfig) -> None:
+    """IoU thresholds, box-size ranges and the validation cadence."""
     for cls, iou in e.minimum_detection_ground_truth_overlap.items():
         _in_range(f"evaluation.minimum_detection_ground_truth_overlap.{cls}", iou, 0, 1, lo_open=True)
     for cls, box in e.evaluation_box_config.items():
@@ -212,6 +219,7 @@ def validate_evaluation(e: S.EvaluationConfig) -> None:
 
 
 def validate_rasterizer(r: S.RasterizerConfig) -> None:
+    """Coverage ellipses and the dead zone."""
     _in_range("rasterizer.deadzone_radius", r.deadzone_radius, 0, 1)
     for cls, c in r.target_class_config.items():
         key = f"rasterizer.target_class_config.{cls}"
@@ -223,6 +231,7 @@ def validate_rasterizer(r: S.RasterizerConfig) -> None:
 
 
 def validate_postprocessing(p: S.PostprocessingConfig) -> None:
+    """Clustering thresholds of every class."""
     for cls, c in p.target_class_config.items():
         key = f"postprocessing.target_class_config.{cls}.clustering_config"
         cc = c.clustering_config
@@ -251,6 +260,7 @@ def validate_postprocessing(p: S.PostprocessingConfig) -> None:
 
 
 def validate_cost(c: S.CostConfig) -> None:
+    """Class and objective weights."""
     for cls, cc in c.target_classes.items():
         key = f"cost.target_classes.{cls}"
         _require(cc.class_weight >= 0, f"{key}.class_weight", cc.class_weight, "a number >= 0")
@@ -274,6 +284,7 @@ def validate_cost(c: S.CostConfig) -> None:
 
 
 def validate_synth(s: S.SynthConfig) -> None:
+    """The synthetic generator's settings."""
     _require(s.num_images >= 1, "synth.num_images", s.num_images, "an integer >= 1")
     for name in ("image_width", "image_height"):
         _require(getattr(s, name) >= 32, f"synth.{name}", getattr(s, name), "an integer >= 32 (pixels)")
@@ -300,6 +311,7 @@ def validate_synth(s: S.SynthConfig) -> None:
 
 
 def validate_export(e: S.ExportConfig) -> None:
+    """Batch size, workspace and the mAP gate of the export."""
     positive_int("export.max_batch_size", e.max_batch_size)
     positive_int("export.max_workspace_size", e.max_workspace_size)
     _in_range("export.max_map_drop", e.max_map_drop, 0, 100)
@@ -307,11 +319,13 @@ def validate_export(e: S.ExportConfig) -> None:
 
 
 def validate_calibration(c: S.CalibrationConfig) -> None:
+    """Calibration batches and batch size."""
     positive_int("calibration.batches", c.batches)
     positive_int("calibration.batch_size", c.batch_size)
 
 
 def validate_pruning(p: S.PruningConfig) -> None:
+    """Threshold, granularity, minimum filters and target ratio."""
     _require(p.pruning_threshold >= 0, "pruning.pruning_threshold", p.pruning_threshold, "a number >= 0")
     positive_int("pruning.pruning_granularity", p.pruning_granularity)
     positive_int("pruning.min_num_filters", p.min_num_filters)
@@ -384,13 +398,21 @@ def validate_classes(cfg: DictConfig) -> None:
         )
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check every group present in ``cfg``; raise :class:`ConfigError` on the first problem."""
+def validate(cfg: DictConfig, task: str | None = None) -> None:
+    """Check every group present in ``cfg`` and, for a task that runs a trained model, its own keys and its
+    overrides of the model's settings; raise :class:`ConfigError` on the first problem."""
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
     if missing:
         raise ConfigError(missing[0], "???", f"a value: this key has no default, set it as {missing[0]}=VALUE")
+    task = task or cfg.get("task_name")
+    takes_checkpoint = runs_trained_models(task)
     for group, check in _VALIDATORS.items():
+        if takes_checkpoint and group in OVERRIDE_ROOTS:
+            continue  # partial settings over the checkpoint's, checked below
         if group in cfg and cfg[group] is not None:
             check(typed(cfg, group))
-    if "dataset" in cfg and any(g in cfg for g in CLASS_MAPS):
+    if takes_checkpoint:
+        task_args(cfg, task)
+        DetectorOverrides.from_config(cfg)
+    elif "dataset" in cfg and any(g in cfg for g in CLASS_MAPS):
         validate_classes(cfg)

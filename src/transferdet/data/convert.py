@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from transferdet.config.schema import IGNORE_CLASS, DatasetConfig, PartitionMode
 from transferdet.config.validate import target_classes
@@ -46,6 +47,7 @@ class Partition:
     validation_fold: int
 
     def split_ids(self, split: str) -> list[str]:
+        """The sorted ids of ``split`` (``train``: every fold but the validation fold)."""
         if split == "val":
             return self.folds[self.validation_fold]
         return sorted(i for k, fold in enumerate(self.folds) if k != self.validation_fold for i in fold)
@@ -97,6 +99,7 @@ def partition_sequence(
 
 
 def make_partition(records: Sequence[ImageRecord], d: DatasetConfig) -> Partition:
+    """The partition ``d.partition_mode`` asks for."""
     ids = [r.id for r in records]
     if d.partition_mode is PartitionMode.random:
         return partition_random(ids, d.val_split, d.seed)
@@ -105,6 +108,7 @@ def make_partition(records: Sequence[ImageRecord], d: DatasetConfig) -> Partitio
 
 
 def normalised_mapping(d: DatasetConfig) -> dict[str, str]:
+    """``target_class_mapping`` with lower-cased names (class names compare case-insensitively)."""
     return {k.lower(): v.lower() for k, v in d.target_class_mapping.items()}
 
 
@@ -170,8 +174,6 @@ def write_converted(
     out_dir: Path, records: list[ImageRecord], warnings: list[Warning_], d: DatasetConfig, progress: bool = True
 ) -> dict:
     """Write shards and manifest into ``out_dir`` (an empty directory). Returns the manifest."""
-    from tqdm import tqdm
-
     root = Path(d.root).resolve()
     mapping = normalised_mapping(d)
     classes = target_classes(d)

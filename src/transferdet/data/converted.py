@@ -115,6 +115,7 @@ class ConvertedDataset:
         return self.manifest.get("fingerprint") == fingerprint(d)
 
     def split(self, name: str) -> SplitIndex:
+        """One split's images, addressable by index."""
         if name not in SPLITS:
             raise ValueError(f"split {name!r}; allowed: {', '.join(SPLITS)}")
         return SplitIndex(self.root, [self.path / s["file"] for s in self.manifest["splits"][name]["shards"]])

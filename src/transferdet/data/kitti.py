@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from transferdet.errors import DataError
 
@@ -99,6 +100,7 @@ def _number(path: Path, lineno: int, index: int, token: str) -> float:
 
 
 def parse_label_line(path: Path, lineno: int, text: str, *, allow_score: bool) -> KittiObject:
+    """One label line as a KittiObject; a malformed line is a DataError naming file:line."""
     tokens = text.split()
     allowed = (NUM_FIELDS, NUM_FIELDS_WITH_SCORE) if allow_score else (NUM_FIELDS,)
     if len(tokens) not in allowed:
@@ -151,6 +153,7 @@ def read_label_file(path: str | Path, *, allow_score: bool = False) -> list[Kitt
 
 
 def format_label_line(obj: KittiObject) -> str:
+    """A KittiObject as one label line (the score as a 16th field, if it has one)."""
     h, w, length = obj.dimensions
     x, y, z = obj.location
     fields = [
@@ -176,6 +179,7 @@ def format_label_line(obj: KittiObject) -> str:
 
 
 def write_label_file(path: str | Path, objects: Iterable[KittiObject]) -> None:
+    """Write one label file (a line per object; empty for no objects)."""
     lines = [format_label_line(o) for o in objects]
     Path(path).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
@@ -250,8 +254,6 @@ def scan_dataset(
     progress: bool = True,
 ) -> tuple[list[ImageRecord], list[Warning_]]:
     """Read and validate a KITTI-layout folder. Returns records sorted by id, and the warnings."""
-    from tqdm import tqdm
-
     root = Path(root).resolve()  # records carry absolute paths: the converted form is read from anywhere
     image_dir, label_dir = root / image_dir_name, root / label_dir_name
     if not root.is_dir():

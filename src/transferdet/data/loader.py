@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from transferdet.config.schema import AugmentationConfig, PreprocessingConfig
 from transferdet.data.augment import Augmenter
-from transferdet.data.converted import SplitIndex
+from transferdet.data.converted import ConvertedDataset, SplitIndex
 from transferdet.errors import DataError
 from transferdet.structures import GroundTruth
 
@@ -34,6 +35,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """The epoch seeds the augmentation (with the seed and the sample index)."""
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -65,6 +67,7 @@ class Batch:
     indices: torch.Tensor  # [B] dataset index of each image
 
     def to(self, device: torch.device) -> Batch:
+        """The batch's tensors on ``device``."""
         return Batch(
             *(
                 t.to(device)
@@ -92,6 +95,7 @@ class Batch:
 
 
 def collate(samples: list[dict]) -> Batch:
+    """Samples as one Batch: images stacked, boxes concatenated with their image index."""
     counts = [len(s["boxes"]) for s in samples]
     return Batch(
         images=torch.stack([s["image"] for s in samples]),
@@ -101,4 +105,19 @@ def collate(samples: list[dict]) -> Batch:
         truncated=torch.cat([s["truncated"] for s in samples]),
         occluded=torch.cat([s["occluded"] for s in samples]),
         indices=torch.tensor([s["index"] for s in samples]),
+    )
+
+
+def split_loader(
+    converted_dir: str | Path, split: str, preprocessing: PreprocessingConfig, batch_size: int, num_workers: int = 0
+) -> torch.utils.data.DataLoader:
+    """Batches of one split of a converted dataset as a model sees them at evaluation (no augmentation)."""
+    data = ConvertedDataset(converted_dir)
+    augmenter = Augmenter(AugmentationConfig(preprocessing=preprocessing), train=False)
+    return torch.utils.data.DataLoader(
+        DetectionDataset(data.split(split), augmenter),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate,
     )

@@ -15,7 +15,8 @@ import numpy as np
 from transferdet.data.convert import IGNORE_ID, SPLITS
 from transferdet.data.converted import SplitIndex
 from transferdet.data.kitti import WARNING_KINDS, ImageRecord, Warning_
-from transferdet.utils.io import atomic_path, write_json_atomic, write_text_atomic
+from transferdet.utils.io import write_json_atomic, write_text_atomic
+from transferdet.utils.plots import figure, save_figure
 
 # KITTI's minimum box heights: easy 40 px, moderate and hard 25 px
 KITTI_HEIGHT_LINES = (25, 40)
@@ -71,12 +72,8 @@ def metrics_of(summary: dict) -> dict[str, float]:
 
 
 def plot_box_heights(path: Path, splits: dict[str, SplitIndex], classes: list[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    """``box_heights.png``: the box heights of every class, KITTI's level heights marked."""
+    fig, ax = figure(figsize=(8, 4.5), dpi=100)
     heights = {
         c: np.concatenate([s.boxes[s.class_ids == k, 3] - s.boxes[s.class_ids == k, 1] for s in splits.values()])
         for k, c in enumerate(classes)
@@ -92,13 +89,11 @@ def plot_box_heights(path: Path, splits: dict[str, SplitIndex], classes: list[st
     ax.set_ylabel("objects")
     ax.set_title("Box heights per class (train + val); dotted: KITTI hard/easy minimum heights")
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def markdown(summary: dict, warnings: Sequence[Warning_], source: str) -> str:
+    """``report.md``: images and objects per class and split, warnings by kind."""
     classes = summary["classes"]
     lines = [
         f"# Dataset report: {source}",
@@ -140,6 +135,7 @@ def write_report(
     warnings: Sequence[Warning_],
     source: str,
 ) -> dict:
+    """``report.md``, ``report.json``, ``box_heights.png`` and ``warnings.txt``; returns the summary."""
     summary = summarise(splits, classes, records, mapping, warnings)
     write_json_atomic(out_dir / "report.json", summary)
     write_text_atomic(out_dir / "report.md", markdown(summary, warnings, source))

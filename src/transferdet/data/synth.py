@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 from transferdet.data.kitti import KittiObject, write_label_file
 
@@ -77,9 +78,11 @@ class SceneRenderer:
 
     # --------------------------------------------------------------- geometry
     def depth_for_height(self, pixels: float, real: float) -> float:
+        """The distance at which an object ``real`` metres tall is ``pixels`` pixels tall."""
         return self.focal * real / pixels
 
     def place(self, kind: str, view: str, size: tuple[float, float, float], depth: float, lateral: float) -> Placed:
+        """An object of ``size`` (h, w, l metres) at ``depth`` and ``lateral`` offset, projected."""
         h_real, w_real, l_real = size
         across = l_real if view == "side" else w_real
         bottom = self.horizon + self.focal * CAMERA_HEIGHT / depth
@@ -90,6 +93,7 @@ class SceneRenderer:
 
     # --------------------------------------------------------------- background
     def background(self) -> Image.Image:
+        """Sky, horizon, road with lane marks and roadside, with lighting."""
         rng, w, h, hz = self.rng, self.w, self.h, int(self.horizon)
         img = np.empty((h, w, 3), np.float32)
         sky_top, sky_low = rng.uniform([40, 80, 150], [140, 170, 250]), rng.uniform([150, 170, 190], [230, 230, 245])
@@ -125,6 +129,7 @@ class SceneRenderer:
 
     # --------------------------------------------------------------- shapes, drawn in local box coordinates
     def draw_car(self, d: ImageDraw.ImageDraw, w: float, h: float, view: str) -> None:
+        """A car in a ``w`` x ``h`` box, seen from the side, the rear or the front."""
         rng = self.rng
         body = _colour(rng, PALETTE_CAR[rng.integers(len(PALETTE_CAR))])
         glass = _colour(rng, (60, 80, 100), 20)
@@ -168,9 +173,11 @@ class SceneRenderer:
             d.line([(cx + 1, top + 0.55 * span), (cx + stride, bottom - 1)], fill=trousers, width=int(leg))
 
     def draw_pedestrian(self, d: ImageDraw.ImageDraw, w: float, h: float, view: str) -> None:
+        """A walking or standing person in a ``w`` x ``h`` box."""
         self._person(d, w, h, 0, h, legs=True)
 
     def draw_cyclist(self, d: ImageDraw.ImageDraw, w: float, h: float, view: str) -> None:
+        """A person on a bicycle in a ``w`` x ``h`` box."""
         rng = self.rng
         frame = _random_colour(rng)
         t = max(1, int(0.04 * h))
@@ -198,6 +205,7 @@ class SceneRenderer:
             self._person(d, w, h, 0, 0.72 * h, legs=False)
 
     def draw_clutter(self, d: ImageDraw.ImageDraw, w: float, h: float, kind: str) -> None:
+        """A distractor (pole, sign, bin, blob) that is not an object to detect."""
         rng = self.rng
         if kind == "pole":
             d.rectangle([0, 0, w - 1, h - 1], fill=_colour(rng, (120, 120, 120), 40))
@@ -381,8 +389,6 @@ def generate(
     cfg, root: str | Path, image_dir_name: str = "image_2", label_dir_name: str = "label_2", progress: bool = True
 ) -> dict[str, int]:
     """Write ``cfg.num_images`` scenes under ``root``; returns object counts per class."""
-    from tqdm import tqdm
-
     root = Path(root)
     img_dir, lbl_dir = root / image_dir_name, root / label_dir_name
     img_dir.mkdir(parents=True, exist_ok=True)

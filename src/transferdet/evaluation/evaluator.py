@@ -44,6 +44,7 @@ class Level:
     max_truncation: float | None = None
 
     def gt_valid(self, heights: np.ndarray, occluded: np.ndarray | None, truncated: np.ndarray | None) -> np.ndarray:
+        """Which ground truth counts at this level (the rest become ignore boxes)."""
         ok = (heights >= self.min_height) & (heights < self.max_height)
         if self.max_occlusion is not None and occluded is not None:
             ok &= occluded <= self.max_occlusion
@@ -52,6 +53,7 @@ class Level:
         return ok
 
     def det_keep(self, heights: np.ndarray) -> np.ndarray:
+        """Which detections this level keeps (by height)."""
         return (heights >= self.min_height) & (heights < self.max_height)
 
 
@@ -86,9 +88,11 @@ class EvaluationResult:
     extra: dict[str, float] = field(default_factory=dict)  # e.g. COCO mAP
 
     def ap(self, cls: str, level: str = "all") -> float:
+        """AP of ``cls`` at ``level`` (NaN without ground truth)."""
         return self.curves[level][cls].ap
 
     def mean_ap(self, level: str = "all") -> float:
+        """Mean AP over the classes that have ground truth at ``level``."""
         aps = [c.ap for c in self.curves[level].values() if not math.isnan(c.ap)]
         return float(np.mean(aps)) if aps else float("nan")
 
@@ -144,6 +148,7 @@ class Evaluator:
         return box.minimum_height, box.maximum_height, box.minimum_width, box.maximum_width
 
     def evaluate(self, gts: Sequence[GroundTruth], dets: Sequence[Detections]) -> EvaluationResult:
+        """Score the detections of every image against its ground truth."""
         if len(gts) != len(dets):
             raise ValueError(f"{len(gts)} ground-truth images but {len(dets)} detection images")
         inclusive = self.cfg.pixel_inclusive_iou

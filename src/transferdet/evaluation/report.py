@@ -5,8 +5,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from transferdet.evaluation.evaluator import EvaluationResult
-from transferdet.utils.io import atomic_path
+from transferdet.utils.plots import figure, save_figure
 
 
 def _pct(v: float) -> str:
@@ -14,9 +17,7 @@ def _pct(v: float) -> str:
 
 
 def print_table(result: EvaluationResult, title: str = "evaluation") -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+    """The per-class AP table (all and KITTI levels) on the terminal."""
     levels = [lv for lv in result.levels if lv in ("all", "easy", "moderate", "hard")]
     table = Table(title=f"{title}: AP (%)")
     table.add_column("class")
@@ -35,12 +36,8 @@ def print_table(result: EvaluationResult, title: str = "evaluation") -> None:
 
 
 def plot_pr_curves(result: EvaluationResult, path: Path, title: str = "precision / recall") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
+    """``pr_curves.png``: precision against recall of every class."""
+    fig, ax = figure(figsize=(6, 5), dpi=100)
     for cls in result.classes:
         curve = result.curves["all"][cls]
         if curve.num_gt == 0:
@@ -54,7 +51,4 @@ def plot_pr_curves(result: EvaluationResult, path: Path, title: str = "precision
     ax.set_title(f"{title} (mAP {_pct(result.mean_ap())}%)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, path)

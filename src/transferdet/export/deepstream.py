@@ -32,6 +32,7 @@ def nvinfer_config(
     engine_file: str | None = None,
     max_batch_size: int = 1,
 ) -> str:
+    """The text of DeepStream's ``nvinfer`` config for an exported model."""
     cfg = configparser.ConfigParser()
     cfg.optionxform = str  # keep the keys' case and dashes
     first = post.target_class_config[classes[0]].clustering_config

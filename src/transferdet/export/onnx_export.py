@@ -56,6 +56,7 @@ class _Deployable(nn.Module):
         self.register_buffer("fill", mean.view(1, -1, 1, 1).clone())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """RGB/255 in, (coverage, bbox) out."""
         ph, pw = self.pad
         # pad with the mean: Sub, Pad, Add in ONNX
         x = nn.functional.pad(x - self.fill, (pw, pw, ph, ph)) + self.fill
@@ -63,6 +64,7 @@ class _Deployable(nn.Module):
 
 
 def deployable(model: DetectNetV2) -> nn.Module:
+    """The network as deployed: normalisation folded, RGB/255 input, eval mode."""
     return _Deployable(fold_input_normalization(model), model.mean).eval()
 
 

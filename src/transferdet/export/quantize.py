@@ -16,6 +16,7 @@ Two formats of the same quantization:
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,7 @@ class _Reader:
         self._it: Iterator | None = None
 
     def get_next(self):
+        """The next calibration batch, or None at the end."""
         if self._it is None:
             self._it = (
                 {INPUT_NAME: self.images[i : i + self.batch_size]} for i in range(0, len(self.images), self.batch_size)
@@ -45,6 +47,7 @@ class _Reader:
         return next(self._it, None)
 
     def rewind(self) -> None:
+        """Start again from the first batch."""
         self._it = None
 
 
@@ -57,6 +60,7 @@ def quantize_int8(
     activations: str = "uint8",
     fmt: str | None = None,
 ) -> Path:
+    """Static INT8 quantization of an fp32 model calibrated on ``images`` (see the module docstring)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -95,8 +99,6 @@ def calibration_ranges(
     fp32_model: Path, images: np.ndarray, method: str = "minmax", batch_size: int = 8, activations: str = "uint8"
 ) -> dict[str, float]:
     """Activation ranges for TensorRT's calibration cache, from a QDQ quantization in a temporary folder."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="transferdet-calib-") as tmp:
         qdq = quantize_int8(fp32_model, Path(tmp) / "qdq.onnx", images, method, batch_size, activations, "qdq")
         return activation_ranges(qdq)

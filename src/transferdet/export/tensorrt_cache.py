@@ -17,6 +17,7 @@ TRT_VERSION = 8601  # major*1000 + minor*100 + patch of the TensorRT the cache f
 
 
 def scale_hex(amax: float) -> str:
+    """TensorRT's cache entry of a tensor: the big-endian float32 bits of amax / 127, in hex."""
     scale = max(float(amax), 1e-12) / 127.0
     return struct.pack(">f", scale).hex()
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from transferdet.export.onnx_export import INPUT_NAME
 from transferdet.utils.io import atomic_path
 
@@ -24,8 +26,6 @@ def tensorrt_unavailable() -> str | None:
         import tensorrt  # noqa: F401
     except ImportError:
         return f"TensorRT is not installed: {INSTALL_HINT}"
-    import torch
-
     if not torch.cuda.is_available():
         return f"no CUDA GPU on this machine: {INSTALL_HINT}"
     return None

@@ -78,6 +78,7 @@ class DetectNetV2(nn.Module):
         self.reset_heads()
 
     def reset_heads(self) -> None:
+        """Fresh heads: Xavier weights, zero bias, coverage starting at the foreground prior."""
         for head in (self.output_cov, self.output_bbox):
             nn.init.xavier_uniform_(head.weight)
             nn.init.zeros_(head.bias)
@@ -86,6 +87,7 @@ class DetectNetV2(nn.Module):
         nn.init.constant_(self.output_cov.bias, math.log(COVERAGE_PRIOR / (1 - COVERAGE_PRIOR)))
 
     def features(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """The backbone's last feature map, ``[B, F, H/16, W/16]``."""
         b = self.backbone
         if normalize:
             x = (x - self.mean) / self.std
@@ -110,6 +112,7 @@ def build_detector(
     mean: Sequence[float] = (0.485, 0.456, 0.406),
     std: Sequence[float] = (0.229, 0.224, 0.225),
 ) -> DetectNetV2:
+    """A DetectNet_v2 of ``num_classes`` on a ResNet of ``depth`` layers."""
     return DetectNetV2(num_classes, depth, use_batch_norm=use_batch_norm, mean=mean, std=std)
 
 
@@ -130,3 +133,37 @@ def fold_batch_norm(model: DetectNetV2) -> DetectNetV2:
                 setattr(parent, conv, fuse_conv_bn_eval(getattr(parent, conv), getattr(parent, bn)))
                 setattr(parent, bn, nn.Identity())
     return folded
+
+
+def channel_plan(model: nn.Module) -> dict[str, list[int]]:
+    """Shape of every convolution and BN (out, in) after pruning: enough to rebuild the architecture."""
+    plan = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            plan[name] = [m.out_channels, m.in_channels]
+        elif isinstance(m, nn.BatchNorm2d):
+            plan[name] = [m.num_features]
+    return plan
+
+
+def apply_channel_plan(model: nn.Module, plan: dict[str, list[int]]) -> nn.Module:
+    """Resize a freshly built model's convolutions and BN layers to a recorded plan (weights to be loaded)."""
+    modules = dict(model.named_modules())
+    missing = sorted(set(plan) - set(modules))
+    if missing:
+        raise KeyError(f"channel plan names layers the model does not have: {missing[:3]}")
+    for name, shape in plan.items():
+        m = modules[name]
+        if isinstance(m, nn.Conv2d):
+            out_c, in_c = shape
+            m.out_channels, m.in_channels = out_c, in_c
+            m.weight = nn.Parameter(torch.empty(out_c, in_c // m.groups, *m.kernel_size))
+            if m.bias is not None:
+                m.bias = nn.Parameter(torch.empty(out_c))
+        elif isinstance(m, nn.BatchNorm2d):
+            (n,) = shape
+            m.num_features = n
+            m.weight, m.bias = nn.Parameter(torch.empty(n)), nn.Parameter(torch.empty(n))
+            m.register_buffer("running_mean", torch.zeros(n))
+            m.register_buffer("running_var", torch.ones(n))
+    return model

@@ -1,10 +1,6 @@
 """The main job: every stage of the workflow in one resumable run, and the report that tells its story.
 
-* :mod:`transferdet.pipeline.runner`: the stages (synth, convert, train, evaluate, prune, retrain, ...,
-  benchmark), each run as its own task in its own numbered subfolder, skipped when already complete.
+* :mod:`transferdet.pipeline.stages`: the stages in order, each one task with its settings;
+* :mod:`transferdet.pipeline.runner`: runs them, each in its own numbered subfolder, skipping the complete;
 * :mod:`transferdet.pipeline.report`: ``report.md`` with the plots, tables and headline numbers.
 """
-
-from transferdet.pipeline.runner import STAGES, Stage, run
-
-__all__ = ["STAGES", "Stage", "run"]

@@ -17,9 +17,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from transferdet.config import target_classes, typed
-from transferdet.pipeline.runner import distill_enabled, retrain_epochs
-from transferdet.utils.io import atomic_path, write_text_atomic
+from transferdet.config.validate import target_classes, typed
+from transferdet.data.converted import converted_dir_for
+from transferdet.pipeline.stages import STAGES, distill_enabled, duration, retrain_epochs
+from transferdet.utils.io import write_text_atomic
+from transferdet.utils.plots import figure, save_figure
 
 log = logging.getLogger("transferdet.pipeline")
 
@@ -46,15 +48,6 @@ def _pct(v) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
 
 
-def _savefig(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
-
-
 def _csv_rows(stage_dir: Path) -> list[dict]:
     """The CSV logger's rows of a training stage, across resumed runs (one ``version_*`` each)."""
     rows: list[dict] = []
@@ -74,15 +67,11 @@ def _series(rows: list[dict], x: str, y: str) -> tuple[list[float], list[float]]
 
 
 def plot_training_curves(dirs: dict[str, Path], path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """``training_curves.png``: loss and val mAP of training and retraining; False when nothing was logged."""
     runs = {"train (unpruned)": _csv_rows(dirs["train"]), "retrain (pruned)": _csv_rows(dirs["retrain"])}
     if not any(runs.values()):
         return False
-    fig, (loss_ax, map_ax) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    fig, (loss_ax, map_ax) = figure(1, 2, figsize=(11, 4), dpi=100)
     for label, rows in runs.items():
         xs, ys = _series(rows, "step", "train/loss")
         if xs:
@@ -106,23 +95,19 @@ def plot_training_curves(dirs: dict[str, Path], path: Path) -> bool:
                 transform=ax.transAxes,
                 fontsize=9,
             )
-    _savefig(fig, path)
+    save_figure(fig, path)
     return True
 
 
 def plot_speed_vs_map(rows: list[dict], path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """``speed_vs_map.png``: end-to-end latency against val mAP of every benchmark row."""
     if not rows:
         return False
     batch = min(r["batch"] for r in rows)
     sel = [r for r in rows if r["batch"] == batch and r.get("mAP") is not None and not math.isnan(r["mAP"])]
     if not sel:
         return False
-    fig, ax = plt.subplots(figsize=(10.5, 4.5), dpi=100)
+    fig, ax = figure(figsize=(10.5, 4.5), dpi=100)
     for r in sel:
         marker = "o" if r["model"] == "unpruned" else "s"
         ax.scatter(
@@ -140,13 +125,11 @@ def plot_speed_vs_map(rows: list[dict], path: Path) -> bool:
     ax.set_ylabel("val mAP")
     ax.set_title("speed vs accuracy (up and left is better)")
     ax.grid(alpha=0.3, which="both")
-    _savefig(fig, path)
+    save_figure(fig, path)
     return True
 
 
 def _dataset_section(cfg: DictConfig, dirs: dict[str, Path], root: Path) -> list[str]:
-    from transferdet.data.converted import converted_dir_for
-
     converted = converted_dir_for(typed(cfg, "dataset"))
     out = ["## Dataset", "", f"`{cfg.dataset.root}`, converted to `{converted}`.", ""]
     text = (converted / "report.md").read_text() if (converted / "report.md").is_file() else ""
@@ -252,8 +235,6 @@ def write_report(cfg: DictConfig, run_dir: Path, dirs: dict[str, Path], records:
         "| # | stage | status | time | folder |",
         "|---:|---|---|---:|---|",
     ]
-    from transferdet.pipeline.runner import STAGES, duration
-
     for i, stage in enumerate(STAGES, 1):
         r = records.get(stage.name, {})
         status = r.get("status", "not run") + (f" ({r['reason']})" if r.get("reason") else "")

@@ -1,5 +1,5 @@
-"""``transferdet pipeline``: synth -> convert -> train -> evaluate -> prune -> retrain -> evaluate -> calibrate
--> export (fp32 + INT8, parity) -> evaluate INT8 -> benchmark -> ``report.md``.
+"""Running the pipeline's stages: synth -> convert -> train -> evaluate -> prune -> retrain -> evaluate ->
+calibrate -> export (fp32 + INT8, parity) -> evaluate INT8 -> benchmark (the report is :mod:`.report`'s).
 
 Each stage is one ordinary task (the same code as ``transferdet <task>``) run in its own numbered
 subfolder of the run directory, with the config that task would compose: the pipeline's groups (with
@@ -23,15 +23,16 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from transferdet.config.validate import validate
 from transferdet.errors import ConfigError, TransferdetError
-from transferdet.utils.io import write_json_atomic
+from transferdet.pipeline.stages import STAGES, Dirs, Stage, duration, stage_dirs, synthesize_mode
+from transferdet.utils.io import make_folder, write_json_atomic
 
 log = logging.getLogger("transferdet.pipeline")
 
@@ -39,7 +40,8 @@ RECORD = "stage.json"
 # groups of a primary config that are Hydra's, not the task's
 NOT_TASK_GROUPS = {"hydra", "experiment", "debug", "hparams_search", "_self_"}
 
-Dirs = dict[str, Path]
+# how a stage's task runs: transferdet.tasks.run_task (passed in: the tasks are the pipeline's caller)
+RunTask = Callable[[str, DictConfig, Path], dict]
 
 
 class StageFailed(TransferdetError):
@@ -50,158 +52,20 @@ class StageFailed(TransferdetError):
         )
 
 
-def _last(d: Path) -> str:
-    return str(d / "checkpoints" / "last.ckpt")
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    task: str
-    title: str
-    # stage settings (dotted key -> value) from the pipeline config and the stage folders
-    settings: Callable[[DictConfig, Dirs], dict] = lambda cfg, dirs: {}
-    # a reason to skip the stage, or None to run it
-    skip: Callable[[DictConfig], str | None] = lambda cfg: None
-    # nested overrides from the pipeline config merged over the stage config (e.g. pipeline.retrain)
-    merge_key: str | None = None
-
-
-def _synthesize_mode(cfg: DictConfig) -> str:
-    value = cfg.pipeline.synthesize
-    mode = str(value).lower() if isinstance(value, (bool, str)) else ""
-    if mode not in ("auto", "true", "false"):
-        raise ConfigError(
-            "pipeline.synthesize", value, "auto (when dataset.root is absent and dataset=synthetic), true or false"
-        )
-    return mode
-
-
-def _skip_synth(cfg: DictConfig) -> str | None:
-    mode = _synthesize_mode(cfg)
-    root = Path(cfg.dataset.root)
-    if mode == "false":
-        return "pipeline.synthesize=false"
-    if mode == "true":
-        return None
-    if (root / "synth.json").is_file():
-        return None  # the synth task checks its settings still match (and does nothing when they do)
-    if root.exists():
-        return f"dataset.root {root} holds a user dataset"
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        choice = HydraConfig.get().runtime.choices.get("dataset")
-    except ValueError:
-        choice = "synthetic"
-    if choice != "synthetic":
-        return f"dataset={choice} (not the synthetic dataset)"
-    return None
-
-
-def retrain_epochs(cfg: DictConfig) -> int:
-    """``pipeline.retrain``'s ``training.num_epochs`` when it sets one, else ``pipeline.retrain_epochs_factor``
-    times the training epochs (an epoch of the pruned model costs a fraction of the unpruned one's)."""
-    explicit = OmegaConf.select(cfg, "pipeline.retrain.training.num_epochs", default=None)
-    if explicit is not None:
-        return explicit
-    factor = cfg.pipeline.get("retrain_epochs_factor", 1)
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
-        raise ConfigError(
-            "pipeline.retrain_epochs_factor", factor, "a number > 0 (retrain epochs = factor x training.num_epochs)"
-        )
-    return max(1, round(factor * cfg.training.num_epochs))
-
-
-def distill_enabled(cfg: DictConfig) -> bool:
-    value = cfg.pipeline.get("distill", False)
-    if not isinstance(value, bool):
-        raise ConfigError(
-            "pipeline.distill",
-            value,
-            "true (retrain towards the unpruned model's outputs as well as the labels) or false",
-        )
-    return value
-
-
-def _retrain_settings(cfg: DictConfig, d: Dirs) -> dict:
-    settings = {
-        "model.pruned_checkpoint": str(d["prune"] / "pruned.ckpt"),
-        "training.resume": "auto",
-        "training.num_epochs": retrain_epochs(cfg),
-    }
-    if distill_enabled(cfg):
-        settings["training.distillation.teacher"] = _last(d["train"])
-    return settings
-
-
-STAGES: list[Stage] = [
-    Stage("synth", "synth", "synthesise the default dataset (when absent)", skip=_skip_synth),
-    Stage("convert", "convert", "validate and convert the dataset"),
-    Stage("train", "train", "train the unpruned model", lambda cfg, d: {"training.resume": "auto"}),
-    Stage(
-        "evaluate",
-        "evaluate",
-        "evaluate the unpruned model",
-        lambda cfg, d: {"checkpoint": _last(d["train"]), "runtime": "torch"},
-    ),
-    Stage(
-        "prune",
-        "prune",
-        "prune the trained model (val mAP before and after)",
-        lambda cfg, d: {"checkpoint": _last(d["train"]), "sweep": False, "evaluate": True},
-    ),
-    Stage("retrain", "train", "retrain the pruned model", _retrain_settings, merge_key="retrain"),
-    Stage(
-        "evaluate_pruned",
-        "evaluate",
-        "evaluate the pruned, retrained model",
-        lambda cfg, d: {"checkpoint": _last(d["retrain"]), "runtime": "torch"},
-    ),
-    Stage(
-        "calibrate",
-        "calibrate",
-        "write the INT8 calibration tensors",
-        lambda cfg, d: {"checkpoint": _last(d["retrain"])},
-    ),
-    Stage(
-        "export",
-        "export",
-        "export ONNX fp32 + INT8, TensorRT cache, DeepStream config; parity",
-        lambda cfg, d: {
-            "checkpoint": _last(d["retrain"]),
-            "export.data_type": "int8",
-            "calibration.cal_data_file": str(d["calibrate"] / "calibration.npy"),
-        },
-    ),
-    Stage(
-        "evaluate_int8",
-        "evaluate",
-        "evaluate the INT8 ONNX model with ONNX Runtime",
-        lambda cfg, d: {"checkpoint": str(d["export"] / "model_int8.onnx"), "runtime": "onnxruntime"},
-    ),
-    Stage(
-        "benchmark",
-        "benchmark",
-        "benchmark unpruned vs pruned, PyTorch vs ONNX Runtime fp32/INT8",
-        lambda cfg, d: {"benchmark.models": {"unpruned": _last(d["train"]), "pruned": _last(d["retrain"])}},
-    ),
-]
-
-
-def stage_dirs(run_dir: Path) -> Dirs:
-    return {s.name: run_dir / f"{i:02d}_{s.name}" for i, s in enumerate(STAGES, 1)}
-
-
 def _primary(task: str) -> DictConfig:
     return OmegaConf.create((resources.files("transferdet.conf") / f"{task}.yaml").read_text(encoding="utf-8"))
+
+
+def _groups(primary: DictConfig) -> set[str]:
+    return {next(iter(e)) if isinstance(e, (dict, DictConfig)) else str(e) for e in primary.get("defaults", [])}
 
 
 def stage_config(cfg: DictConfig, stage: Stage, dirs: Dirs) -> DictConfig:
     """The config ``transferdet <stage.task>`` would compose with the pipeline's choices and overrides."""
     primary = _primary(stage.task)
-    groups = {next(iter(e)) if isinstance(e, (dict, DictConfig)) else str(e) for e in primary.get("defaults", [])}
-    keys = (groups - NOT_TASK_GROUPS) | {k for k in primary if k != "defaults"}
+    own = {k for k in primary if k != "defaults"}
+    keys = (_groups(primary) - NOT_TASK_GROUPS) | own
+    pipeline_groups = _groups(_primary("pipeline"))
     out = copy.deepcopy(cfg)
     with open_dict(out):
         for key in list(out):
@@ -210,6 +74,10 @@ def stage_config(cfg: DictConfig, stage: Stage, dirs: Dirs) -> DictConfig:
         for key in keys - set(out):  # top-level task keys the pipeline does not set: the task's defaults
             if key in primary:
                 out[key] = primary[key]
+        # a task's own key named like one of the pipeline's groups is the task's: e.g. the postprocessing
+        # overrides of a task that runs a checkpoint, which carries the training's settings itself
+        for key in own & pipeline_groups:
+            out[key] = copy.deepcopy(primary[key])
         out.task_name = stage.task
         if stage.merge_key:
             extra = cfg.pipeline.get(stage.merge_key)
@@ -235,6 +103,7 @@ def config_digest(cfg: DictConfig, run_dir: Path) -> str:
 
 
 def read_record(folder: Path) -> dict:
+    """A stage folder's ``stage.json`` (empty when there is none or it is unreadable)."""
     try:
         return json.loads((folder / RECORD).read_text())
     except (OSError, ValueError):
@@ -249,25 +118,17 @@ def _supersede(run_dir: Path, folder: Path) -> None:
         log.info("moved the outputs of an earlier config to %s", target)
 
 
-def duration(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-def run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
-    """Run (or skip, or resume) every stage; returns each stage's record."""
-    from transferdet.cli import run_task
-    from transferdet.config import validate
-
+def run_stages(cfg: DictConfig, run_dir: Path, run_task: RunTask) -> dict[str, dict]:
+    """Run (or skip, or resume) every stage with ``run_task``; returns each stage's record."""
     dirs = stage_dirs(run_dir)
     records: dict[str, dict] = {}
     rerun = False  # once a stage runs, every later stage runs too (its inputs may have changed)
     n = len(STAGES)
-    _synthesize_mode(cfg)
+    synthesize_mode(cfg)
     # a config mistake in any stage stops the run before it starts
     configs = {s.name: stage_config(cfg, s, dirs) for s in STAGES}
-    for c in configs.values():
-        validate(c)
+    for stage in STAGES:
+        validate(configs[stage.name], stage.task)
     for i, stage in enumerate(STAGES, 1):
         folder, head = dirs[stage.name], f"[{i:2d}/{n}] {stage.name:<15}"
         reason = stage.skip(cfg)
@@ -288,7 +149,7 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
         elif record:
             log.info("%s resuming an interrupted run in %s", head, folder)
         rerun = True
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         write_json_atomic(
             folder / RECORD,
             {
@@ -309,19 +170,3 @@ def run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, dict]:
         write_json_atomic(folder / RECORD, records[stage.name])
         log.info("%s done in %s", head, duration(seconds))
     return records
-
-
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    from transferdet.pipeline.report import write_report
-
-    start = time.perf_counter()
-    records = run_stages(cfg, run_dir)
-    metrics = write_report(cfg, run_dir, stage_dirs(run_dir), records)
-    metrics["pipeline/seconds_this_run"] = time.perf_counter() - start
-    metrics["pipeline/seconds_all_stages"] = sum(r.get("seconds", 0.0) for r in records.values())
-    log.info(
-        "pipeline finished: %s of stage time; report: %s",
-        duration(metrics["pipeline/seconds_all_stages"]),
-        run_dir / "report.md",
-    )
-    return metrics

@@ -26,20 +26,24 @@ import torch_pruning as tp
 from torch import nn
 
 from transferdet.config.schema import EqualizationCriterion, Normalizer, PruningConfig
+from transferdet.errors import ConfigError
 from transferdet.models.detectnet import DetectNetV2
 
 
 def filter_norms(conv: nn.Conv2d) -> np.ndarray:
+    """L2 norm of each output filter of a convolution."""
     return conv.weight.detach().flatten(1).norm(dim=1).double().numpy()
 
 
 def normalize(stat: np.ndarray, normalizer: Normalizer) -> np.ndarray:
+    """Filter statistics normalised by ``max`` or ``L2`` (TLT's -n)."""
     if normalizer is Normalizer.max:
         return stat / max(stat.max(), 1e-12)
     return stat / max(float(np.linalg.norm(stat)), 1e-12) * len(stat)
 
 
 def equalize(stats: list[np.ndarray], criterion: EqualizationCriterion) -> np.ndarray:
+    """One statistic per channel of a coupled group (TLT's -eq)."""
     a = np.stack(stats)
     if criterion is EqualizationCriterion.union:
         return a.max(0)
@@ -96,8 +100,6 @@ def prune(model: DetectNetV2, cfg: PruningConfig, height: int, width: int) -> Pr
     names = {m: n for n, m in model.named_modules()}
     unknown = sorted(set(cfg.excluded_layers) - set(names.values()))
     if unknown:
-        from transferdet.errors import ConfigError
-
         convs = [n for m, n in names.items() if isinstance(m, nn.Conv2d)]
         raise ConfigError(
             "pruning.excluded_layers", unknown, f"convolution names of the model, e.g. {', '.join(convs[:4])}"
@@ -153,37 +155,3 @@ def _ratio(model: DetectNetV2, cfg: PruningConfig, threshold: float, height: int
     trial = copy.copy(cfg)
     trial.pruning_threshold = threshold
     return prune(copy.deepcopy(model), trial, height, width).ratio
-
-
-def channel_plan(model: nn.Module) -> dict[str, list[int]]:
-    """Shape of every convolution and BN (out, in) after pruning: enough to rebuild the architecture."""
-    plan = {}
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            plan[name] = [m.out_channels, m.in_channels]
-        elif isinstance(m, nn.BatchNorm2d):
-            plan[name] = [m.num_features]
-    return plan
-
-
-def apply_channel_plan(model: nn.Module, plan: dict[str, list[int]]) -> nn.Module:
-    """Resize a freshly built model's convolutions and BN layers to a recorded plan (weights to be loaded)."""
-    modules = dict(model.named_modules())
-    missing = sorted(set(plan) - set(modules))
-    if missing:
-        raise KeyError(f"channel plan names layers the model does not have: {missing[:3]}")
-    for name, shape in plan.items():
-        m = modules[name]
-        if isinstance(m, nn.Conv2d):
-            out_c, in_c = shape
-            m.out_channels, m.in_channels = out_c, in_c
-            m.weight = nn.Parameter(torch.empty(out_c, in_c // m.groups, *m.kernel_size))
-            if m.bias is not None:
-                m.bias = nn.Parameter(torch.empty(out_c))
-        elif isinstance(m, nn.BatchNorm2d):
-            (n,) = shape
-            m.num_features = n
-            m.weight, m.bias = nn.Parameter(torch.empty(n)), nn.Parameter(torch.empty(n))
-            m.register_buffer("running_mean", torch.zeros(n))
-            m.register_buffer("running_var", torch.ones(n))
-    return model

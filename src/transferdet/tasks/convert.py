@@ -6,36 +6,19 @@ import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
 
-from transferdet.config import typed
-from transferdet.data.convert import SPLITS, normalised_mapping, write_converted
-from transferdet.data.converted import ConvertedDataset, converted_dir_for
-from transferdet.data.kitti import scan_dataset
-from transferdet.data.report import metrics_of, write_report
-from transferdet.utils.io import atomic_dir, write_json_atomic
+from transferdet.config.validate import typed
+from transferdet.data.convert import SPLITS
+from transferdet.data.prepare import convert_dataset
+from transferdet.data.report import metrics_of
 
 log = logging.getLogger(__name__)
 
 
-def convert(cfg: DictConfig) -> tuple[Path, dict]:
-    """Convert ``cfg.dataset``; returns the converted folder and the report summary."""
-    d = typed(cfg, "dataset")
-    records, warnings = scan_dataset(d.root, d.image_dir_name, d.label_dir_name, d.image_extension)
-    out = converted_dir_for(d)
-    # the whole folder is built under a temporary name and renamed when complete
-    with atomic_dir(out) as tmp:
-        manifest = write_converted(tmp, records, warnings, d)
-        write_json_atomic(tmp / "manifest.json", manifest)
-        converted = ConvertedDataset(tmp, verify=False)
-        splits = {s: converted.split(s) for s in SPLITS}
-        summary = write_report(tmp, splits, converted.classes, records, normalised_mapping(d), warnings, str(d.root))
-    return out, summary
-
-
 def print_summary(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+    """The dataset table (images and objects per split and class) on the terminal."""
     classes = summary["classes"]
     table = Table(title="dataset")
     for col in ["split", "images", *classes, "ignore regions"]:
@@ -49,7 +32,8 @@ def print_summary(summary: dict) -> None:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    out, summary = convert(cfg)
+    """Convert ``dataset`` and report it."""
+    out, summary = convert_dataset(typed(cfg, "dataset"))
     print_summary(summary)
     if summary["num_warnings"]:
         log.warning("%d warnings (objects dropped or clipped): see %s", summary["num_warnings"], out / "warnings.txt")

@@ -1,13 +1,8 @@
 """``transferdet infer checkpoint=PATH input=PATH``: detections for an image, a folder, or a video.
 
-Writes into the run directory (TLT's layout):
-
-* ``labels/<name>.txt``: one KITTI line per detection, confidence as the 16th field, boxes in the
-  pixels of the original image (for a video: ``<video>_<frame:06d>.txt``);
-* ``images_annotated/<name>.png`` with the boxes drawn, or ``<video>_annotated.mp4``.
-
-Images and frames stream through in batches of ``batch_size``, ``workers`` batches at a time (decoding
-and clustering of one batch overlap the network of another): memory does not grow with the input.
+Writes ``labels/`` (KITTI files with the confidence as 16th field) and ``images_annotated/`` (or an
+annotated video) into the run directory; see :mod:`transferdet.inference.outputs`. Images stream through
+in batches of ``batch_size``, ``workers`` batches at a time.
 """
 
 from __future__ import annotations
@@ -15,134 +10,34 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 from omegaconf import DictConfig
 
-from transferdet.config.validate import positive_int
-from transferdet.data.kitti import KittiObject, write_label_file
-from transferdet.data.loader import load_rgb
-from transferdet.errors import ConfigError, DataError
-from transferdet.inference.predictor import Predictor, threads_per_worker
-from transferdet.structures import Detections
-from transferdet.tasks.evaluate import user_overrides
-from transferdet.utils.io import atomic_path
-from transferdet.visualize import draw_detections
+from transferdet.config.overrides import DetectorOverrides
+from transferdet.config.tasks import task_args
+from transferdet.errors import ConfigError
+from transferdet.inference.backends import threads_per_worker
+from transferdet.inference.outputs import infer_path
+from transferdet.inference.predictor import Predictor
+from transferdet.utils.rundir import write_config
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-
-
-def kitti_objects(det: Detections, classes: list[str]) -> list[KittiObject]:
-    return [
-        KittiObject(classes[int(k)], *map(float, box), score=float(s))
-        for box, k, s in zip(det.boxes, det.class_ids, det.scores)
-    ]
-
-
-def image_inputs(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise DataError(path, f"no images here ({', '.join(IMAGE_EXTENSIONS)})")
-    return files
-
-
-def infer_images(
-    predictor: Predictor, files: list[Path], run_dir: Path, batch_size: int, draw_threshold: float, workers: int = 1
-) -> int:
-    from tqdm import tqdm
-
-    labels_dir, images_dir = run_dir / "labels", run_dir / "images_annotated"
-    labels_dir.mkdir(parents=True, exist_ok=True)
-    images_dir.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with tqdm(total=len(files), desc="infer", unit="img", disable=None) as bar:
-        for chunk, images, found in predictor.stream(files, load_rgb, batch_size, workers):
-            for path, image, det in zip(chunk, images, found):
-                with atomic_path(labels_dir / f"{path.stem}.txt") as tmp:
-                    write_label_file(tmp, kitti_objects(det, predictor.classes))
-                with atomic_path(images_dir / f"{path.stem}.png") as tmp:
-                    draw_detections(image, det, None, predictor.classes, draw_threshold).save(tmp, format="PNG")
-                count += 1
-            bar.update(len(chunk))
-    return count
-
-
-def infer_video(
-    predictor: Predictor, path: Path, run_dir: Path, batch_size: int, draw_threshold: float, workers: int = 1
-) -> int:
-    import av
-    from tqdm import tqdm
-
-    labels_dir = run_dir / "labels"
-    labels_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        source = av.open(str(path))
-        stream = source.streams.video[0]
-    except (av.error.FFmpegError, IndexError) as err:
-        raise DataError(path, f"cannot read video ({err})") from None
-    out_path = run_dir / f"{path.stem}_annotated.mp4"
-    count = 0
-    with atomic_path(out_path) as tmp, source:
-        sink = av.open(str(tmp), "w", format="mp4")
-        rate = stream.average_rate or 25
-        out = sink.add_stream("libx264", rate=rate)
-        out.width, out.height = stream.codec_context.width // 2 * 2, stream.codec_context.height // 2 * 2
-        out.pix_fmt = "yuv420p"
-        frames = (f.to_ndarray(format="rgb24") for f in source.decode(stream))
-        with tqdm(total=stream.frames or None, desc="infer", unit="frame", disable=None) as bar:
-            try:
-                for chunk, _, found in predictor.stream(frames, lambda frame: frame, batch_size, workers):
-                    for image, det in zip(chunk, found):
-                        with atomic_path(labels_dir / f"{path.stem}_{count:06d}.txt") as t:
-                            write_label_file(t, kitti_objects(det, predictor.classes))
-                        drawn = np.asarray(draw_detections(image, det, None, predictor.classes, draw_threshold))
-                        frame = av.VideoFrame.from_ndarray(
-                            np.ascontiguousarray(drawn[: out.height, : out.width]), format="rgb24"
-                        )
-                        for packet in out.encode(frame):
-                            sink.mux(packet)
-                        count += 1
-                    bar.update(len(chunk))
-            except av.error.FFmpegError as err:
-                raise DataError(path, f"video decoding failed at frame {count} ({err})") from None
-            for packet in out.encode():
-                sink.mux(packet)
-        sink.close()
-    return count
-
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    checkpoint, source = cfg.get("checkpoint"), cfg.get("input")
-    if not checkpoint:
-        raise ConfigError("checkpoint", checkpoint, "a transferdet checkpoint file (checkpoint=PATH)")
-    if not source or not Path(source).exists():
-        raise ConfigError("input", source, "an existing image file, folder of images, or video file (input=PATH)")
-    batch_size = positive_int("batch_size", cfg.get("batch_size", 8))
-    workers = positive_int("workers", cfg.get("workers", 2))
+    """Detections for ``input``, written as labels and annotated images or video."""
+    args = task_args(cfg, "infer")
+    if not args.checkpoint:
+        raise ConfigError("checkpoint", None, "a transferdet checkpoint file (checkpoint=PATH)")
+    if not args.input or not Path(args.input).exists():
+        raise ConfigError("input", args.input, "an existing image file, folder of images, or video file (input=PATH)")
     predictor = Predictor.load(
-        checkpoint,
-        str(cfg.get("runtime", "torch")),
-        user_overrides(),
-        threads=threads_per_worker(workers),
-        precision=str(cfg.get("precision", "fp32")),
+        args.checkpoint,
+        args.runtime,
+        DetectorOverrides.from_config(cfg),
+        threads=threads_per_worker(args.workers),
+        precision=args.precision,
     )
-    threshold = float(cfg.get("draw_threshold", 0.0))
-    path = Path(source)
-    if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
-        n = infer_video(predictor, path, run_dir, batch_size, threshold, workers)
-    elif path.is_dir() or path.suffix.lower() in IMAGE_EXTENSIONS:
-        n = infer_images(predictor, image_inputs(path), run_dir, batch_size, threshold, workers)
-    else:
-        raise ConfigError(
-            "input",
-            source,
-            f"an image ({', '.join(IMAGE_EXTENSIONS)}), a folder of images, or a video ({', '.join(VIDEO_EXTENSIONS)})",
-        )
-    log.info(
-        "%d %s: labels in %s", n, "frames" if path.suffix.lower() in VIDEO_EXTENSIONS else "images", run_dir / "labels"
-    )
+    write_config(run_dir, cfg, predictor.spec.as_config())
+    n, kind = infer_path(predictor, Path(args.input), run_dir, args.batch_size, args.draw_threshold, args.workers)
+    log.info("%d %s: labels in %s", n, kind, run_dir / "labels")
     return {"infer/num_images": n}

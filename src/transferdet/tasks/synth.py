@@ -29,6 +29,7 @@ def _settings(cfg: DictConfig) -> dict:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    """Write the synthetic dataset, or do nothing when ``dataset.root`` holds the same one."""
     dataset, synth = typed(cfg, "dataset"), typed(cfg, "synth")
     root = Path(dataset.root)
     settings = _settings(cfg)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
+from typing_extensions import override
 
 from transferdet.config.schema import AugmentationConfig
 from transferdet.data.augment import Augmenter
@@ -50,6 +51,7 @@ class DetectionDataModule(pl.LightningDataModule):
         self.train_set: DetectionDataset | None = None
         self.val_set: DetectionDataset | None = None
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
@@ -61,6 +63,7 @@ class DetectionDataModule(pl.LightningDataModule):
         self.val_set = DetectionDataset(data.split("val"), Augmenter(self.augmentation, train=False, seed=self.seed))
 
     def set_epoch(self, epoch: int) -> None:
+        """Tell the loader workers the epoch (it seeds the augmentation)."""
         self._epoch.value.fill_(epoch)
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
@@ -74,8 +77,10 @@ class DetectionDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    @override
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, shuffle=True)
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False)

@@ -1,7 +1,8 @@
-"""The DetectNet_v2 LightningModule: model, rasterizer, cost, optimizer and schedule, validation mAP.
+"""The DetectNet_v2 LightningModule: the detector of a spec, with rasterizer, cost, optimizer and schedule.
 
-The module is built from a plain, resolved config dict (the eight spec groups and the class list),
-which is all a checkpoint needs to rebuild it: no modules are pickled into the hyperparameters.
+The module is built from a :class:`~transferdet.detector.DetectorSpec` (what the detector is) plus the
+training, rasterizer and cost settings (how it learns). Its hyperparameters are exactly what a checkpoint
+records (:func:`transferdet.detector.checkpoint.hyper_parameters`): plain dicts, no pickled modules.
 """
 
 from __future__ import annotations
@@ -9,38 +10,33 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
 from torch import nn
+from typing_extensions import override
 
-from transferdet.config import schema as S
+from transferdet.config.schema import CostConfig, RasterizerConfig, TrainingConfig
+from transferdet.config.structured import to_plain
+from transferdet.detector import checkpoint
+from transferdet.detector.spec import ChannelPlan, DetectorSpec
 from transferdet.errors import ConfigError, TransferdetError
-from transferdet.evaluation import Evaluator
+from transferdet.evaluation.loop import evaluate_batches
 from transferdet.losses.cost import OBJECTIVES, DetectNetCost, regularization
 from transferdet.losses.rasterizer import Rasterizer
 from transferdet.models.detectnet import STRIDE, DetectNetV2
-from transferdet.postprocess import Postprocessor
 from transferdet.training.schedule import soft_start_annealing
+from transferdet.visualize import draw_detections, save_grid
 
 log = logging.getLogger(__name__)
-
-GROUPS = ("augmentation", "model", "training", "evaluation", "rasterizer", "postprocessing", "cost")
 
 
 class TrainingDiverged(TransferdetError):
     """The loss became NaN or infinite."""
 
 
-def typed_group(group: str, values: dict) -> Any:
-    """A config group's dataclass from its plain dict (as stored in a checkpoint)."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(S.GROUP_SCHEMAS[group]), values))
-
-
-def validation_due(epoch: int, num_epochs: int, ev: S.EvaluationConfig) -> bool:
+def validation_due(epoch: int, num_epochs: int, ev) -> bool:
     """After 1-based ``epoch``: first at ``first_validation_epoch``, then every period, and at the last."""
     if epoch == num_epochs:
         return True
@@ -49,52 +45,34 @@ def validation_due(epoch: int, num_epochs: int, ev: S.EvaluationConfig) -> bool:
 
 
 class DetectNetModule(pl.LightningModule):
-    def __init__(self, config: dict, classes: list[str], channel_plan: dict[str, list[int]] | None = None) -> None:
-        """``channel_plan``: the layer shapes of a pruned model (see transferdet.pruning), None = unpruned."""
+    def __init__(
+        self, spec: DetectorSpec, training: TrainingConfig, rasterizer: RasterizerConfig, cost: CostConfig
+    ) -> None:
         super().__init__()
-        hparams = {"config": config, "classes": list(classes)}
-        if channel_plan:
-            hparams["channel_plan"] = channel_plan
-        self.save_hyperparameters(hparams)
-        self.classes = list(classes)
-        g = {name: typed_group(name, config[name]) for name in GROUPS}
-        self.aug, self.model_cfg, self.train_cfg = g["augmentation"], g["model"], g["training"]
-        self.eval_cfg, self.postprocessor_config = g["evaluation"], g["postprocessing"]
-        pre = self.aug.preprocessing
-        self.width, self.height = pre.output_image_width, pre.output_image_height
-        m = self.model_cfg
-        self.model = DetectNetV2(
-            len(classes),
-            m.num_layers,
-            use_batch_norm=m.use_batch_norm,
-            mean=m.input_normalization.mean,
-            std=m.input_normalization.std,
+        self.spec = spec
+        self.train_cfg = training
+        self.save_hyperparameters(
+            checkpoint.hyper_parameters(
+                spec, {"training": to_plain(training), "rasterizer": to_plain(rasterizer), "cost": to_plain(cost)}
+            )
         )
-        if channel_plan:
-            from transferdet.pruning.pruner import apply_channel_plan
-
-            apply_channel_plan(self.model, channel_plan)
-        box = m.objective_set.bbox
+        self.classes = list(spec.classes)
+        self.model_cfg, self.eval_cfg = spec.model, spec.evaluation
+        self.width, self.height = spec.width, spec.height
+        self.model: DetectNetV2 = spec.build_network()
+        box = spec.model.objective_set.bbox
         self.rasterizer = Rasterizer(
-            classes,
-            g["rasterizer"],
+            self.classes,
+            rasterizer,
             width=self.width,
             height=self.height,
             stride=STRIDE,
             bbox_scale=box.scale,
             bbox_offset=box.offset,
         )
-        self.cost = DetectNetCost(classes, g["cost"])
-        self.postprocessor = Postprocessor(
-            classes,
-            g["postprocessing"],
-            width=self.width,
-            height=self.height,
-            stride=STRIDE,
-            bbox_scale=box.scale,
-            bbox_offset=box.offset,
-        )
-        self.evaluator = Evaluator(classes, self.eval_cfg)
+        self.cost = DetectNetCost(self.classes, cost)
+        self.postprocessor = spec.postprocessor()
+        self.evaluator = spec.evaluator()
         self.apply_freezing()
         self.last_validation: dict[str, float] = {}
         self.validation_images_dir: Path | None = None
@@ -102,32 +80,36 @@ class DetectNetModule(pl.LightningModule):
         # neither trained nor saved in checkpoints
         self.__dict__["teacher"] = None
 
+    def set_channel_plan(self, plan: ChannelPlan) -> None:
+        """The model was pruned in place: later checkpoints record (and rebuild) its new shape."""
+        self.spec = self.spec.replace(channel_plan={k: tuple(v) for k, v in plan.items()})
+        self.hparams[checkpoint.SPEC_KEY] = self.spec.to_dict()
+
     # ------------------------------------------------------------------ distillation
     def attach_teacher(self) -> None:
         """Load ``training.distillation.teacher`` (frozen, in eval mode) when distillation is configured."""
         d = self.train_cfg.distillation
         if not d.teacher or d.weight == 0:
             return
-        from transferdet.inference.predictor import load_module
-
         key = "training.distillation.teacher"
-        if not Path(d.teacher).is_file():
-            raise ConfigError(key, d.teacher, "an existing transferdet checkpoint (.ckpt), e.g. the unpruned model's")
         if Path(d.teacher).suffix.lower() == ".onnx":
             raise ConfigError(key, d.teacher, "a transferdet checkpoint (.ckpt): an ONNX model cannot teach")
-        teacher = load_module(d.teacher)
-        if teacher.classes != self.classes:
+        if not Path(d.teacher).is_file():
+            raise ConfigError(key, d.teacher, "an existing transferdet checkpoint (.ckpt), e.g. the unpruned model's")
+        teacher = checkpoint.load(d.teacher, key=key)
+        if list(teacher.spec.classes) != self.classes:
             raise ConfigError(
                 key,
                 d.teacher,
                 f"a checkpoint of the same classes in the same order "
-                f"({', '.join(self.classes)}); it has {', '.join(teacher.classes)}",
+                f"({', '.join(self.classes)}); it has {', '.join(teacher.spec.classes)}",
             )
-        model = teacher.model.eval()
+        model = teacher.network.eval()
         model.requires_grad_(False)
         self.__dict__["teacher"] = model
         log.info("distilling from %s (weight %g)", d.teacher, d.weight)
 
+    @override
     def on_fit_start(self) -> None:
         if self.teacher is not None:
             self.teacher.to(self.device)
@@ -141,6 +123,7 @@ class DetectNetModule(pl.LightningModule):
                     for p in conv.parameters():
                         p.requires_grad_(False)
 
+    @override
     def train(self, mode: bool = True) -> DetectNetModule:
         super().train(mode)
         if self.model_cfg.freeze_bn:  # BN uses its running statistics and does not update them
@@ -150,9 +133,11 @@ class DetectNetModule(pl.LightningModule):
         return self
 
     # ------------------------------------------------------------------ training
+    @override
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model(images)
 
+    @override
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         cov, bbox = self.model(batch.images)
         targets = self.rasterizer(batch.boxes, batch.classes, batch.image_index, len(batch.images))
@@ -179,11 +164,13 @@ class DetectNetModule(pl.LightningModule):
                 self.log(f"train/loss_{name}/{cls}", costs[k, o], batch_size=bs)
         return loss
 
+    @override
     def on_train_epoch_start(self) -> None:
         dm = self.trainer.datamodule
         if dm is not None and hasattr(dm, "set_epoch"):
             dm.set_epoch(self.current_epoch)
 
+    @override
     def on_train_epoch_end(self) -> None:
         self.cost.end_epoch()
         for k, cls in enumerate(self.classes):
@@ -202,28 +189,21 @@ class DetectNetModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
+    def _outputs(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        cov, bbox = self.model(images.to(self.device))
+        return cov.float().cpu().numpy(), bbox.float().cpu().numpy()
+
     def evaluate_loader(self, loader, *, log_images: bool = False, prefix: str = "val/") -> dict[str, float]:
         """mAP of the model over a data loader (no augmentation); the model is put back in training mode."""
         was_training = self.training
         self.eval()
-        gts, dets, shown = [], [], []
-        for batch in loader:
-            batch = batch.to(self.device)
-            cov, bbox = self.model(batch.images)
-            found = self.postprocessor(cov.float().cpu().numpy(), bbox.float().cpu().numpy())
-            dets.extend(found)
-            gts.extend(batch.ground_truth())
-            if log_images and len(shown) < 4:
-                shown.extend(zip(batch.images[: 4 - len(shown)].cpu(), found, batch.ground_truth()))
+        ev = evaluate_batches(loader, self._outputs, self.postprocessor, self.evaluator, samples=4 if log_images else 0)
         self.train(was_training)  # re-applies freeze_bn
-        result = self.evaluator.evaluate(gts, dets)
-        if shown:
-            self._log_validation_images(shown)
-        return result.metrics(prefix)
+        if ev.samples:
+            self._log_validation_images(ev.samples)
+        return ev.result.metrics(prefix)
 
     def _log_validation_images(self, shown) -> None:
-        from transferdet.visualize import draw_detections, save_grid
-
         images = [draw_detections(img, det, gt, self.classes) for img, det, gt in shown]
         if self.validation_images_dir is not None:
             save_grid(images, self.validation_images_dir / f"epoch_{self.current_epoch + 1:03d}.png")
@@ -235,6 +215,7 @@ class DetectNetModule(pl.LightningModule):
                     logger.experiment.add_image(f"val/image_{n}", np.asarray(im), self.global_step, dataformats="HWC")
 
     # ------------------------------------------------------------------ optimizer
+    @override
     def configure_optimizers(self):
         t = self.train_cfg
         schedule = t.learning_rate.soft_start_annealing_schedule

@@ -7,6 +7,7 @@ import os
 
 
 def global_rank_from_env() -> int:
+    """This process's rank in a distributed run (0 outside one)."""
     for key in ("RANK", "SLURM_PROCID"):
         if key in os.environ:
             return int(os.environ[key])
@@ -16,4 +17,5 @@ def global_rank_from_env() -> int:
 
 
 def is_global_zero() -> bool:
+    """Whether this process writes the run directory's files."""
     return global_rank_from_env() == 0

@@ -29,6 +29,7 @@ def make_folder(folder: Path) -> None:
 
 
 def write_failure(path: Path, err: OSError) -> DataError:
+    """A failed write (disk full, file too large, read-only) as one clear DataError."""
     return DataError(
         path,
         f"cannot be written: {err.strerror} (is the disk full, or a file size limit set?); "
@@ -59,6 +60,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file complete or not at all."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
@@ -97,6 +99,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, in hex."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

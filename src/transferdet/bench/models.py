@@ -1,0 +1,267 @@
+"""The ``benchmark`` task's measurements: every model x runtime x precision x batch size, in one run.
+
+Each model (a checkpoint) runs as PyTorch fp32 (and fp16 on a CUDA GPU) and as ONNX Runtime fp32 and int8.
+The ONNX models are the ones ``transferdet export`` wrote for that model (``benchmark.exported``), so a
+report shows one INT8 model and one INT8 mAP; a model without an export is exported here with the same
+export and calibration settings. Two timings per row, in the same run:
+
+* network-only: a preprocessed batch on the runtime's device in, raw outputs on the host out;
+* end-to-end: PNG bytes in, detections out (decode, preprocess, network, clustering). The latency is one
+  batch at a time; the throughput is a stream of images through ``Predictor.stream`` with ``workers``
+  batches in flight, the way ``infer`` runs.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from transferdet.config.overrides import DetectorOverrides
+from transferdet.config.schema import CalibrationConfig, DataType, ExportConfig
+from transferdet.config.tasks import BenchmarkSettings, Precision, Runtime
+from transferdet.data.converted import ConvertedDataset
+from transferdet.detector import checkpoint
+from transferdet.errors import ConfigError, DataError
+from transferdet.export.calibration import calibration_images
+from transferdet.export.exporter import export_fp32, quantized
+from transferdet.inference.backends import threads_per_worker
+from transferdet.inference.evaluate import evaluate_predictor
+from transferdet.inference.predictor import Predictor
+from transferdet.utils.plots import figure, save_figure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Variant:
+    model: str
+    runtime: Runtime
+    precision: str  # fp32 / fp16 (torch) or the exported model's data type
+    path: Path
+
+
+def _timings(fn: Callable[[], object], repeats: int) -> np.ndarray:
+    fn()  # warm-up
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return np.array(out)
+
+
+def encoded_images(converted: Path, count: int) -> list[bytes]:
+    """``count`` validation images as their files' bytes (decoding is part of the end-to-end time)."""
+    val = ConvertedDataset(converted).split("val")
+    return [Path(val[i % len(val)].image_path).read_bytes() for i in range(count)]
+
+
+def decode(data: bytes) -> np.ndarray:
+    """PNG/JPEG bytes to ``[h, w, 3]`` uint8 RGB (the end-to-end timings include it)."""
+    return np.array(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def measure(
+    predictor: Predictor,
+    images: list[bytes],
+    batch: int,
+    repeats: int,
+    streamer: Predictor | None = None,
+    workers: int = 1,
+) -> dict[str, float]:
+    """Network-only and end-to-end latency of ``batch`` images at a time, and the end-to-end throughput of
+    ``images`` streamed through ``streamer`` (default: ``predictor``) with ``workers`` batches in flight."""
+    decoded = [decode(b) for b in images[:batch]]
+    # network-only starts from a preprocessed batch already on the runtime's device (as the anchors do)
+    tensors = torch.stack([predictor.preprocess(im) for im in decoded]).to(predictor.device)
+    network = _timings(lambda: predictor.outputs(tensors), repeats) / batch
+    e2e = _timings(lambda: predictor([decode(b) for b in images[:batch]]), repeats) / batch
+
+    def stream() -> None:
+        for _ in (streamer or predictor).stream(images, decode, batch, workers):
+            pass
+
+    streamed = _timings(stream, 3) / len(images)
+    return {
+        "network_ms_p50": 1e3 * float(np.median(network)),
+        "network_ms_p90": 1e3 * float(np.percentile(network, 90)),
+        "e2e_ms_p50": 1e3 * float(np.median(e2e)),
+        "e2e_ms_p90": 1e3 * float(np.percentile(e2e, 90)),
+        "network_images_per_s": 1.0 / float(np.median(network)),
+        "e2e_images_per_s": 1.0 / float(np.median(streamed)),
+        "e2e_serial_images_per_s": 1.0 / float(np.median(e2e)),
+    }
+
+
+def variants(
+    name: str,
+    path: str,
+    exported: str | None,
+    settings: BenchmarkSettings,
+    overrides: DetectorOverrides,
+    e: ExportConfig,
+    c: CalibrationConfig,
+    converted: Path,
+    work: Path,
+) -> list[Variant]:
+    """The rows of one checkpoint: PyTorch, and the ONNX models of its export (or exported here into ``work``
+    when it has none, or when the overrides ask for another input size than the export's)."""
+    rows = [Variant(name, Runtime.torch, "fp32", Path(path))]
+    if torch.cuda.is_available():  # on a GPU PyTorch also runs fp16 (channels_last, CUDA graphs)
+        rows.append(Variant(name, Runtime.torch, "fp16", Path(path)))
+    wanted = [p.value for p in settings.precisions if p in (DataType.fp32, DataType.int8)]
+    loaded = checkpoint.load(path, overrides)
+    files = {p: Path(exported) / f"model_{p}.onnx" for p in wanted} if exported else {}
+    missing = [f for f in files.values() if not f.is_file()]
+    if missing:
+        raise DataError(
+            missing[0],
+            f"benchmark.exported.{name} has no {missing[0].name}: export the model with "
+            "export.data_type=int8, or leave it out of benchmark.exported",
+        )
+    size = (loaded.spec.width, loaded.spec.height)
+    if files:
+        exported_spec = checkpoint.read_onnx_spec(files[wanted[0]])
+        if (exported_spec.width, exported_spec.height) != size:
+            log.info("%s: the exported models are not %dx%d: exporting at that size for the benchmark", name, *size)
+            files = {}
+    if not files and wanted:
+        fp32 = export_fp32(loaded.spec, loaded.network, work / f"{name}_fp32.onnx")
+        files["fp32"] = fp32
+        if "int8" in wanted:
+            images = calibration_images(converted, loaded.spec.preprocessing, c.batches * c.batch_size)
+            files["int8"] = quantized(loaded.spec, fp32, work / f"{name}_int8.onnx", images, c, e)
+    rows += [Variant(name, Runtime.onnxruntime, p, files[p]) for p in wanted]
+    return rows
+
+
+def check_models(settings: BenchmarkSettings) -> dict[str, str]:
+    """``benchmark.models`` (required: checkpoint files) and ``benchmark.exported`` (export folders of those
+    models), checked before anything is measured; returns the models."""
+    if not settings.models:
+        raise ConfigError("benchmark.models", None, "a map name -> checkpoint, e.g. benchmark.models={unpruned: PATH}")
+    for name, path in settings.models.items():
+        if not Path(path).is_file():
+            raise ConfigError(f"benchmark.models.{name}", path, "an existing transferdet checkpoint file")
+    for name, path in (settings.exported or {}).items():
+        if name not in settings.models or not Path(path).is_dir():
+            raise ConfigError(
+                f"benchmark.exported.{name}",
+                path,
+                "the run directory of `transferdet export` of a model of benchmark.models",
+            )
+    return dict(settings.models)
+
+
+def run_benchmark(
+    models: dict[str, str],
+    settings: BenchmarkSettings,
+    overrides: DetectorOverrides,
+    e: ExportConfig,
+    c: CalibrationConfig,
+    converted: Path,
+    work: Path,
+) -> list[dict]:
+    """One row per variant and batch size, with the speedup over the first model's PyTorch fp32 row."""
+    torch.set_num_threads(settings.threads or torch.get_num_threads())
+    sizes = list(settings.batch_sizes)
+    if torch.cuda.is_available():  # larger batches where a GPU has the room for them
+        sizes += [b for b in settings.gpu_batch_sizes if b not in sizes]
+    images = encoded_images(converted, max(16, 2 * settings.workers * max(sizes)))
+    rows: list[dict] = []
+    every = [
+        v
+        for name, path in models.items()
+        for v in variants(name, path, (settings.exported or {}).get(name), settings, overrides, e, c, converted, work)
+    ]
+    for v in every:
+        # the overrides apply to every variant (e.g. another input size, as in infer)
+        precision = Precision(v.precision) if v.runtime is Runtime.torch else Precision.fp32
+        predictor = Predictor.load(v.path, v.runtime, overrides, precision=precision)
+        # the streamed run shares the cores out between its workers (ONNX Runtime threads are per session)
+        streamer = predictor
+        if v.runtime is Runtime.onnxruntime and settings.workers > 1:
+            streamer = Predictor.load(v.path, v.runtime, overrides, threads=threads_per_worker(settings.workers))
+        m_ap = evaluate_predictor(predictor, converted).result.mean_ap() if settings.map else float("nan")
+        for batch in sizes:
+            r = measure(predictor, images, batch, settings.repeats, streamer, settings.workers)
+            r.update(
+                model=v.model,
+                runtime=v.runtime.value,
+                precision=v.precision,
+                batch=batch,
+                mAP=m_ap,
+                size_mb=v.path.stat().st_size / 1e6,
+                file=str(v.path),
+            )
+            rows.append(r)
+            log.info(
+                "%s %s %s batch %d: %.2f ms/img end to end (%.1f img/s streamed), %.2f network",
+                v.model,
+                v.runtime.value,
+                v.precision,
+                batch,
+                r["e2e_ms_p50"],
+                r["e2e_images_per_s"],
+                r["network_ms_p50"],
+            )
+    base = {
+        r["batch"]: r
+        for r in rows
+        if r["model"] == every[0].model and r["runtime"] == "torch" and r["precision"] == "fp32"
+    }
+    for r in rows:
+        r["speedup_e2e"] = base[r["batch"]]["e2e_ms_p50"] / r["e2e_ms_p50"]
+        r["e2e_over_network"] = r["e2e_images_per_s"] / r["network_images_per_s"]
+        r["streams_30fps"] = r["e2e_images_per_s"] / 30.0
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    """The benchmark table (``benchmark.md``), one row per variant and batch size."""
+    head = (
+        "| model | runtime | precision | batch | e2e ms/img p50 | p90 | e2e img/s streamed | network ms/img p50 | "
+        "network img/s | e2e / network | 30-FPS streams | size MB | mAP | speedup e2e |"
+    )
+    lines = [head, "|" + "---|" * 14]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['runtime']} | {r['precision']} | {r['batch']} | {r['e2e_ms_p50']:.2f} | "
+            f"{r['e2e_ms_p90']:.2f} | {r['e2e_images_per_s']:.1f} | {r['network_ms_p50']:.2f} | "
+            f"{r['network_images_per_s']:.1f} | {r['e2e_over_network']:.2f} | {r['streams_30fps']:.1f} | "
+            f"{r['size_mb']:.2f} | {r['mAP']:.4f} | {r['speedup_e2e']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """``benchmark.png``: network-only and end-to-end throughput at the smallest batch."""
+    batch = min(r["batch"] for r in rows)
+    sel = [r for r in rows if r["batch"] == batch]
+    labels = [f"{r['model']}\n{r['runtime']} {r['precision']}" for r in sel]
+    fig, ax = figure(figsize=(max(6, 1.4 * len(sel)), 4.5), dpi=100)
+    x = np.arange(len(sel))
+    ax.bar(x - 0.2, [r["network_images_per_s"] for r in sel], 0.4, label="network only")
+    ax.bar(x + 0.2, [r["e2e_images_per_s"] for r in sel], 0.4, label="end to end")
+    for i, r in enumerate(sel):
+        ax.text(
+            i + 0.2,
+            r["e2e_images_per_s"],
+            f"{r['speedup_e2e']:.1f}x\nmAP {r['mAP']:.3f}",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("images / s")
+    ax.set_title(f"throughput at batch {batch} (speedup: end to end vs the first PyTorch fp32 row)")
+    ax.legend()
+    save_figure(fig, path)

@@ -1,0 +1,292 @@
+"""The one module that reads and writes transferdet's model files: checkpoints (``.ckpt``) and the spec inside
+exported ONNX models.
+
+A checkpoint is a ``torch.save`` of plain containers and tensors (loaded with ``weights_only=True``: a file
+that would need arbitrary unpickling is refused)::
+
+    state_dict                       "model.<name>" -> tensor (the network), "cost.<name>" (training state)
+    hyper_parameters.spec            DetectorSpec.to_dict(): classes, preprocessing, architecture + channel
+                                     plan, post-processing, evaluation
+    hyper_parameters.training        the training, rasterizer and cost settings it was trained with (record)
+    transferdet_checksum             SHA-256 of the weights and of hyper_parameters: a corrupt or edited file
+                                     is refused instead of silently giving wrong results
+    epoch, global_step, optimizer_states, ...   Lightning's, for resuming
+
+Checkpoints of the first format (``hyper_parameters.config`` with the training groups and ``classes``; a
+checksum of the weights alone) are read too. An ONNX model carries ``DetectorSpec.to_dict()`` as the JSON of
+its ``transferdet_spec`` metadata entry, so loading it builds no network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from transferdet.config.overrides import DetectorOverrides
+from transferdet.config.schema import EvaluationConfig, ModelConfig, PostprocessingConfig, PreprocessingConfig
+from transferdet.config.structured import from_plain
+from transferdet.detector.spec import DetectorSpec
+from transferdet.errors import ConfigError, DataError
+from transferdet.models.detectnet import DetectNetV2
+from transferdet.utils.io import atomic_path
+
+CHECKSUM_KEY = "transferdet_checksum"
+SPEC_KEY, TRAINING_KEY = "spec", "training"
+MODEL_PREFIX = "model."
+ONNX_SPEC_KEY = "transferdet_spec"
+ONNX_INPUT = "input_1"
+_LEGACY_ONNX_KEYS = ("transferdet_config", "transferdet_classes")
+
+
+# --------------------------------------------------------------------------- checksums
+def _tensors_digest(h: Any, state_dict: Mapping[str, torch.Tensor]) -> None:
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def weights_checksum(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a state dict's tensors, in name order (format 1)."""
+    h = hashlib.sha256()
+    _tensors_digest(h, state_dict)
+    return h.hexdigest()
+
+
+def checksum(obj: Mapping[str, Any]) -> str:
+    """SHA-256 of a checkpoint's weights and its hyper_parameters (the spec and the training record)."""
+    h = hashlib.sha256()
+    _tensors_digest(h, obj["state_dict"])
+    h.update(json.dumps(obj.get("hyper_parameters"), sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _is_legacy(obj: Mapping[str, Any]) -> bool:
+    hp = obj.get("hyper_parameters")
+    return isinstance(hp, Mapping) and SPEC_KEY not in hp and "config" in hp
+
+
+def _verify(obj: Mapping[str, Any], path: Path) -> None:
+    """A transferdet checkpoint (``state_dict`` + ``hyper_parameters``) must carry its checksum."""
+    if not isinstance(obj.get("state_dict"), dict) or "hyper_parameters" not in obj:
+        return  # a plain state dict (pretrained backbone): no checksum to verify
+    expected = obj.get(CHECKSUM_KEY)
+    if expected is None:
+        raise DataError(
+            path, "transferdet checkpoint without a checksum: not written by transferdet (or edited by hand); refused"
+        )
+    actual = weights_checksum(obj["state_dict"]) if _is_legacy(obj) else checksum(obj)
+    if actual != expected:
+        raise DataError(
+            path,
+            "checksum mismatch: the weights or settings were corrupted or altered after the file "
+            "was written; refused (use an earlier checkpoint)",
+        )
+
+
+# --------------------------------------------------------------------------- raw files
+def write(obj: Mapping[str, Any], path: str | Path) -> None:
+    """Write a checkpoint dict with its checksum, under a temporary name renamed when complete."""
+    obj = {**obj, CHECKSUM_KEY: checksum(obj)}
+    with atomic_path(path) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as err:  # torch's zip writer reports a failed write (disk full ...) this way
+            raise DataError(
+                path,
+                f"cannot be written ({str(err).splitlines()[0]}): is the disk full, or a file "
+                "size limit set? nothing was left under this name",
+            ) from None
+
+
+def read(path: str | Path, key: str = "checkpoint") -> dict[str, Any]:
+    """A torch file as plain containers and tensors, its checksum verified; failures name the file (or ``key``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(key, str(path), "an existing file (a transferdet .ckpt, or a .pth state dict)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):  # a pickle that would build arbitrary objects (run code)
+            raise DataError(
+                path,
+                "refused: the file needs arbitrary code to load (only tensors and plain "
+                "containers are accepted, weights_only=True)",
+            ) from None
+        raise DataError(
+            path, f"not a readable torch file (truncated or corrupt?): {str(err).splitlines()[0]}"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - torch's unpickler raises anything on garbage (IndexError, ...)
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise DataError(path, f"not a readable torch file (truncated or corrupt?): {first}") from None
+    if not isinstance(obj, dict):
+        raise DataError(path, f"expected a state dict or a checkpoint (a dict), found {type(obj).__name__}")
+    _verify(obj, path)
+    return obj
+
+
+# --------------------------------------------------------------------------- the layout
+def hyper_parameters(spec: DetectorSpec, training: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a checkpoint's ``hyper_parameters`` hold (the LightningModule saves exactly this)."""
+    out: dict[str, Any] = {SPEC_KEY: spec.to_dict()}
+    if training is not None:
+        out[TRAINING_KEY] = dict(training)
+    return out
+
+
+def network_weights(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The network's tensors of a checkpoint (or of a plain state dict), named as in DetectNetV2."""
+    state = obj["state_dict"]
+    return {k[len(MODEL_PREFIX) :]: v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
+
+
+def spec_of(obj: Mapping[str, Any], path: str | Path) -> DetectorSpec:
+    """The spec a checkpoint dict carries (upgraded from the first format); DataError when it has none."""
+    hp = obj.get("hyper_parameters")
+    if "state_dict" not in obj or not isinstance(hp, Mapping) or (SPEC_KEY not in hp and "config" not in hp):
+        raise DataError(
+            path,
+            "not a transferdet checkpoint (no state_dict with hyper_parameters spec); a plain "
+            "backbone state dict goes to model.pretrained_model_file",
+        )
+    try:
+        if SPEC_KEY in hp:
+            return DetectorSpec.from_dict(hp[SPEC_KEY])
+        config = hp["config"]
+        return DetectorSpec.from_groups(
+            hp["classes"],
+            from_plain(PreprocessingConfig, config["augmentation"].get("preprocessing"), "config.augmentation"),
+            from_plain(ModelConfig, config["model"], "config.model"),
+            from_plain(PostprocessingConfig, config["postprocessing"], "config.postprocessing"),
+            from_plain(EvaluationConfig, config["evaluation"], "config.evaluation"),
+            hp.get("channel_plan"),
+        )
+    except (ConfigError, KeyError, TypeError, AttributeError) as err:
+        raise DataError(path, f"the checkpoint's settings do not fit this transferdet: {err}") from None
+
+
+def is_checkpoint(obj: Mapping[str, Any]) -> bool:
+    """True for a transferdet checkpoint, False for a plain (pretrained backbone) state dict."""
+    return isinstance(obj.get("state_dict"), dict) and isinstance(obj.get("hyper_parameters"), Mapping)
+
+
+def save(path: str | Path, spec: DetectorSpec, network: nn.Module, extra: Mapping[str, Any] | None = None) -> None:
+    """A checkpoint of ``network`` described by ``spec`` (e.g. a pruned model, which ``train`` retrains)."""
+    state = {f"{MODEL_PREFIX}{k}": v for k, v in network.state_dict().items()}
+    obj = {"state_dict": state, "hyper_parameters": hyper_parameters(spec), "epoch": 0, "global_step": 0}
+    write({**obj, **(extra or {})}, path)
+
+
+@dataclass
+class Loaded:
+    """A checkpoint read back: its spec (overrides applied) and its network in eval mode."""
+
+    spec: DetectorSpec
+    network: DetectNetV2
+    path: Path
+
+
+def build_network(spec: DetectorSpec, weights: Mapping[str, torch.Tensor], path: str | Path) -> DetectNetV2:
+    """The network of ``spec`` with ``weights`` loaded strictly; a mismatch is a DataError naming the file."""
+    try:
+        network = spec.build_network()
+    except KeyError as err:
+        raise DataError(path, f"the channel plan does not fit a ResNet-{spec.model.num_layers}: {err}") from None
+    try:
+        missing, unexpected = network.load_state_dict(dict(weights), strict=False)
+    except RuntimeError as err:  # tensor shapes differ from the architecture
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)[:200])
+        raise DataError(
+            path,
+            f"tensor shapes do not match the architecture (a pruned checkpoint without its channel plan?): {first}",
+        ) from None
+    if missing or unexpected:
+        raise DataError(
+            path, f"checkpoint does not fit its own architecture: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    return network.eval()
+
+
+def load(path: str | Path, overrides: DetectorOverrides | None = None, key: str = "checkpoint") -> Loaded:
+    """A checkpoint's spec (with ``overrides`` applied) and its network with the weights loaded."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        raise ConfigError("runtime", "torch", f"onnxruntime for an ONNX model ({path}); torch runs .ckpt checkpoints")
+    obj = read(path, key)
+    spec = spec_of(obj, path)
+    network = build_network(spec, network_weights(obj), path)
+    return Loaded(spec.with_overrides(overrides), network, path)
+
+
+def read_spec(path: str | Path, key: str = "checkpoint") -> DetectorSpec:
+    """The spec of a checkpoint, without building its network."""
+    return spec_of(read(path, key), path)
+
+
+# --------------------------------------------------------------------------- ONNX models
+def write_onnx_spec(path: str | Path, spec: DetectorSpec) -> None:
+    """Store ``spec`` in an ONNX model's metadata (``transferdet_spec``), rewriting the file atomically."""
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key not in (ONNX_SPEC_KEY, *_LEGACY_ONNX_KEYS)]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = ONNX_SPEC_KEY, json.dumps(spec.to_dict(), sort_keys=True)
+    model.producer_name = "transferdet"
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def read_onnx_spec(path: str | Path, overrides: DetectorOverrides | None = None) -> DetectorSpec:
+    """The spec an exported ONNX model carries (no network is built); every failure names the file."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() != ".onnx":
+        raise ConfigError(
+            "checkpoint",
+            str(path),
+            "an existing .onnx file written by `transferdet export` with "
+            "runtime=onnxruntime (runtime=torch runs .ckpt checkpoints)",
+        )
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - onnx raises DecodeError and friends for a broken file
+        raise DataError(path, f"not a readable ONNX model ({err.__class__.__name__})") from None
+    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if inputs != [ONNX_INPUT]:
+        raise DataError(path, f"the model's inputs are {inputs}; a DetectNet_v2 export has one input, {ONNX_INPUT!r}")
+    meta = {p.key: p.value for p in model.metadata_props}
+    try:
+        if ONNX_SPEC_KEY in meta:
+            spec = DetectorSpec.from_dict(json.loads(meta[ONNX_SPEC_KEY]))
+        elif all(k in meta for k in _LEGACY_ONNX_KEYS):
+            config, classes = (json.loads(meta[k]) for k in _LEGACY_ONNX_KEYS)
+            spec = spec_of({"state_dict": {}, "hyper_parameters": {"config": config, "classes": classes}}, path)
+        else:
+            raise DataError(
+                path,
+                "ONNX model without transferdet metadata (classes and settings): export it with `transferdet export`",
+            )
+    except json.JSONDecodeError as err:
+        raise DataError(path, f"the transferdet metadata is not valid JSON ({err.msg})") from None
+    except ConfigError as err:
+        raise DataError(path, f"the transferdet metadata does not fit this transferdet: {err}") from None
+    return spec.with_overrides(overrides)
+
+
+def load_any(path: str | Path, overrides: DetectorOverrides | None = None) -> DetectorSpec:
+    """The spec of a checkpoint or of an exported ONNX model, whichever ``path`` is."""
+    if Path(path).suffix.lower() == ".onnx":
+        return read_onnx_spec(path, overrides)
+    return read_spec(path).with_overrides(overrides)
