@@ -12,24 +12,31 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from transferdet import __version__
 from transferdet.config.overrides import checkpoint_override_args
 from transferdet.config.schema import register_configs
+from transferdet.config.structured import config_error
 from transferdet.config.tasks import runs_trained_models
 from transferdet.errors import ConfigError, TransferdetError
 from transferdet.tasks import TASKS, Task, run_task
+from transferdet.utils.logs import capture_warnings
 
 log = logging.getLogger("transferdet")
 
 CONFIG_PACKAGE = "pkg://transferdet.conf"
-EXIT_USER_ERROR = 2
+EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
+TRACEBACKS_VARIABLE = "TRANSFERDET_TRACEBACKS"
 
 
 # commands that are not Hydra tasks: name -> (summary, "module:function" taking argv)
@@ -72,25 +79,78 @@ def _hydra_entry(task_name: str):
         try:
             metrics = run_task(task_name, cfg, run_dir)
         except TransferdetError as err:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            if show_tracebacks():
                 raise
-            print(f"transferdet {task_name}: error: {err}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
+            fail(task_name, str(err))
         # a hyperparameter sweeper (hparams_search/*.yaml) optimises the value of this metric
         objective = cfg.get("optimized_metric")
         if not objective:
             return None
         if objective not in metrics:
-            print(
-                f"transferdet {task_name}: error: config key 'optimized_metric' has value {objective!r}; allowed: "
-                f"one of the run's metrics ({', '.join(sorted(metrics))})",
-                file=sys.stderr,
+            fail(
+                task_name,
+                f"config key 'optimized_metric' has value {objective!r}; allowed: one of the run's "
+                f"metrics ({', '.join(sorted(metrics))})",
             )
-            sys.exit(EXIT_USER_ERROR)
         value = metrics[objective]
         return float("nan") if value is None else value  # null = not finite
 
     return _main
+
+
+def show_tracebacks() -> bool:
+    """``HYDRA_FULL_ERROR=1`` as the user set it (Hydra's own variable is ours to set: see :func:`main`)."""
+    return os.environ.get(TRACEBACKS_VARIABLE, os.environ.get("HYDRA_FULL_ERROR")) == "1"
+
+
+def fail(task_name: str, message: str, status: int = EXIT_USER_ERROR) -> NoReturn:
+    print(f"transferdet {task_name}: error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def hydra_error(err: Exception, task_name: str) -> str:
+    """Hydra's composition errors as our one line: the key, the bad value and what is allowed."""
+    text = str(err)
+    first = text.splitlines()[0] if text else type(err).__name__
+    cause = err.__cause__
+    if m := re.match(r"Could not override '([^']+)'\.\s*No match in the defaults list", text):
+        group = m.group(1)
+        why = (
+            (
+                "it runs a trained model, whose checkpoint holds its settings: override them key by key, e.g. "
+                "postprocessing.target_class_config.car.clustering_config.dbscan_eps=0.3"
+            )
+            if runs_trained_models(task_name)
+            else f"the groups `transferdet {task_name} --help` lists"
+        )
+        return str(ConfigError(group, _asked(group), f"no {group} group in `transferdet {task_name}`: {why}"))
+    if m := re.match(r"Could not override '([^']+)'", text):
+        return str(
+            ConfigError(
+                m.group(1),
+                _asked(m.group(1)),
+                f"a key of the {task_name} config (`transferdet {task_name} --help` lists them)",
+            )
+        )
+    if isinstance(cause, OmegaConfBaseException):
+        return str(config_error(cause))  # a value of the wrong type, or not one of an enum's
+    if m := re.search(r"Could not find '([^'/]+)/([^']+)'", text):
+        options = [o.strip() for o in re.findall(r"^\t(\S+)$", text, re.M) if o.strip() != "base"]
+        return f"config group '{m.group(1)}' has no option {m.group(2)!r}; allowed: " + (
+            ", ".join(options) if options else f"the options `transferdet {task_name} --help` lists"
+        )
+    if isinstance(err, OverrideParseException):
+        return f"cannot read an override ({first}); allowed: key=value with a YAML value, e.g. training.num_epochs=20"
+    return first
+
+
+def _asked(key: str) -> str | None:
+    """The value the command line gave ``key`` (for the error message)."""
+    for arg in reversed(sys.argv[1:]):
+        name, _, value = arg.lstrip("+~").partition("=")
+        if name == key:
+            return value
+    return None
 
 
 def _check_output_dir(task_name: str, args: list[str]) -> None:
@@ -109,9 +169,7 @@ def _check_output_dir(task_name: str, args: list[str]) -> None:
     elif not os.access(probe, os.W_OK | os.X_OK):
         problem = f"{probe} is not writable"
     if problem:
-        err = ConfigError(key, value, f"a folder that can be created and written ({problem})")
-        print(f"transferdet {task_name}: error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        fail(task_name, str(ConfigError(key, value, f"a folder that can be created and written ({problem})")))
 
 
 # Hydra's options that take a value (the value is not an override)
@@ -171,7 +229,24 @@ def main(argv: list[str] | None = None) -> None:
         rest = with_override(rest, f"task_name={task_name}")
     sys.argv = [sys.argv[0], *rest]
     _check_output_dir(task_name, rest)
-    _hydra_entry(task_name)()
+    # Hydra prints its own errors as several lines and exits 1; told to raise them instead, it lets us print
+    # one line and exit 2 (the user's choice of tracebacks travels in our own variable, to DDP workers too)
+    os.environ.setdefault(TRACEBACKS_VARIABLE, "1" if os.environ.get("HYDRA_FULL_ERROR") == "1" else "0")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    capture_warnings()
+    try:
+        _hydra_entry(task_name)()
+    except KeyboardInterrupt:
+        fail(
+            task_name,
+            "interrupted (Ctrl-C); files are written complete or not at all, so what is there is "
+            "whole; run the same command again to resume where a task can",
+            EXIT_INTERRUPTED,
+        )
+    except (HydraException, OmegaConfBaseException) as err:
+        if show_tracebacks():
+            raise
+        fail(task_name, hydra_error(err, task_name))
 
 
 if __name__ == "__main__":

@@ -96,3 +96,33 @@ def test_an_override_the_model_cannot_take_is_one_clear_error(trained, tmp_path,
         assert r.returncode == 2 and "Traceback" not in r.stderr, (override, r.stderr[-800:])
         assert f"config key '{named}'" in r.stderr and allowed in r.stderr, (override, r.stderr[-800:])
         assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_tasks_run_a_model_on_the_dataset_it_was_trained_on_unless_told_otherwise(trained, tmp_path, cli):
+    """The checkpoint records its dataset; export records it in the ONNX models; dataset.root names another."""
+    r = cli(
+        "export",
+        f"checkpoint={trained['ckpt']}",
+        "export.max_map_drop=100",
+        "export.parity_images=2",
+        f"hydra.run.dir={tmp_path / 'export'}",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"dataset: {trained['root']}, the one last.ckpt was trained on" in r.stdout
+    assert checkpoint.trained_dataset(tmp_path / "export" / "model_fp32.onnx")["root"] == str(trained["root"])
+    r = cli(
+        "evaluate",
+        f"checkpoint={tmp_path / 'export' / 'model_fp32.onnx'}",
+        "runtime=onnxruntime",
+        f"hydra.run.dir={tmp_path / 'ev'}",
+    )
+    assert r.returncode == 0 and "the one model_fp32.onnx was trained on" in r.stdout, r.stderr[-3000:]
+    recorded = yaml.safe_load((tmp_path / "ev" / "config.yaml").read_text())
+    assert recorded["dataset"]["root"] is None  # what was asked: the model's own
+    r = cli(
+        "evaluate",
+        f"checkpoint={trained['ckpt']}",
+        f"dataset.root={tmp_path / 'elsewhere'}",
+        f"hydra.run.dir={tmp_path / 'other'}",
+    )
+    assert r.returncode == 2 and "elsewhere: dataset root does not exist" in r.stderr

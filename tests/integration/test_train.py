@@ -88,7 +88,8 @@ def test_resume_after_kill_continues_at_the_right_epoch_with_optimizer_state(tin
 
     done = subprocess.run([*args, "training.resume=auto"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Restoring states from the checkpoint path" in done.stdout + done.stderr
+    assert "resuming from" in done.stdout  # ours, on the terminal; Lightning's own notice is in the log file
+    assert "Restoring states from the checkpoint path" in (run / "train.log").read_text()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train/epochs"] == 3 and metrics["train/steps"] == 24  # 8 steps per epoch
     final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
@@ -275,3 +276,14 @@ def test_distillation_pulls_the_student_towards_the_teacher_and_stays_out_of_che
     )
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "training.distillation.teacher" in r.stderr and "nope.ckpt" in r.stderr
+
+
+def test_the_terminal_shows_our_lines_and_the_log_file_everything(cli, tiny_root, tmp_path):
+    r = cli("train", f"dataset.root={tiny_root}", *TINY, "training.num_epochs=1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    shown = r.stdout + r.stderr
+    log = (tmp_path / "run" / "train.log").read_text()
+    for noise in ("GPU available", "Tip:", "validation_step", "Total FLOPs", "LeafSpec", "`weights_only`"):
+        assert noise not in shown, noise
+    assert "GPU available" in log and "validation_step" in log  # Lightning's notices and warnings, in the file
+    assert "model: ResNet-10 DetectNet_v2, 3 classes" in shown and "final val/mAP" in shown

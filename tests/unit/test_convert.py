@@ -26,7 +26,7 @@ MAPPING = {"car": "car", "pedestrian": "pedestrian", "cyclist": "cyclist", "dont
 
 
 def dataset_config(root, **kw) -> DatasetConfig:
-    return DatasetConfig(root=str(root), target_class_mapping=dict(MAPPING), **kw)
+    return DatasetConfig(root=str(root), **{"target_class_mapping": dict(MAPPING), **kw})
 
 
 def test_random_partition_is_seeded_and_sized():
@@ -66,7 +66,7 @@ def test_converted_samples_match_label_files(synth_root, tmp_path):
     manifest = write_converted(tmp_path, records, warnings, d, progress=False)
     write_json_atomic(tmp_path / "manifest.json", manifest)
     conv = ConvertedDataset(tmp_path)
-    assert conv.matches(d) and conv.classes == ["car", "pedestrian", "cyclist"]
+    assert conv.stale_reason(d) is None and conv.classes == ["car", "pedestrian", "cyclist"]
     seen = []
     for split in ("train", "val"):
         index = conv.split(split)
@@ -111,3 +111,70 @@ def test_tampered_shard_is_detected(synth_root, tmp_path):
 def test_typed_dataset_config_from_yaml_matches_schema():
     cfg = OmegaConf.merge(OmegaConf.structured(DatasetConfig), {"root": "x", "target_class_mapping": MAPPING})
     assert OmegaConf.to_object(cfg).partition_mode is PartitionMode.random
+
+
+def _copy_dataset(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("converted"))
+    return dst
+
+
+def test_a_conversion_is_reused_only_while_it_holds_the_dataset_as_it_is(synth_root, tmp_path):
+    """The class mapping in order, every source file (size and mtime, then content) and the folder it reads."""
+    import os
+
+    from transferdet.data.prepare import ensure_converted
+
+    root = _copy_dataset(synth_root, tmp_path / "ds")
+    d = dataset_config(root)
+    out = ensure_converted(d)
+    manifest = (out / "manifest.json").read_bytes()
+
+    def reused() -> bool:
+        return ensure_converted(d) == out and (out / "manifest.json").read_bytes() == manifest
+
+    assert reused()
+    label = root / "label_2" / "000003.txt"
+    os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))  # touched, same content
+    assert reused()
+    # the same classes in another order: the class ids of the conversion would name other classes
+    d = dataset_config(
+        root,
+        target_class_mapping={"cyclist": "cyclist", "car": "car", "pedestrian": "pedestrian", "dontcare": "dontcare"},
+    )
+    assert ConvertedDataset(out).stale_reason(d) == "it was made with other dataset settings"
+    ensure_converted(d)
+    assert ConvertedDataset(out).classes == ["cyclist", "car", "pedestrian"]
+    manifest = (out / "manifest.json").read_bytes()
+    # a label edited after the conversion
+    label.write_text(label.read_text().replace("car", "cyclist", 1))
+    assert "000003.txt changed since" in ConvertedDataset(out).stale_reason(d)
+    ensure_converted(d)
+    assert (out / "manifest.json").read_bytes() != manifest and ConvertedDataset(out).stale_reason(d) is None
+    manifest = (out / "manifest.json").read_bytes()
+    # an image added, and a manifest that names another folder
+    (root / "image_2" / "extra.png").write_bytes((root / "image_2" / "000003.png").read_bytes())
+    assert "images were added (extra)" in ConvertedDataset(out).stale_reason(d)
+    (root / "image_2" / "extra.png").unlink()
+    edited = json.loads(manifest)
+    edited["source"]["root"] = str(synth_root.resolve())
+    (out / "manifest.json").write_text(json.dumps(edited))
+    assert ConvertedDataset(out).stale_reason(d).startswith("it was made from")
+
+
+def test_convert_never_replaces_a_folder_it_did_not_write(synth_root, tmp_path):
+    from transferdet.data.prepare import convert_dataset
+    from transferdet.errors import ConfigError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    d = dataset_config(synth_root, converted_dir=str(mine))
+    with pytest.raises(ConfigError, match="dataset.converted_dir"):
+        convert_dataset(d)
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    d = dataset_config(synth_root, converted_dir=str(tmp_path / "conv"))
+    convert_dataset(d)
+    convert_dataset(d)  # its own conversion it replaces
+    assert ConvertedDataset(tmp_path / "conv").stale_reason(d) is None

@@ -67,12 +67,22 @@ def test_torchvision_resnet18_state_dict_fills_every_backbone_tensor(tmp_path):
     assert set(report.missing) == {"output_cov.weight", "output_cov.bias", "output_bbox.weight", "output_bbox.bias"}
 
 
-def test_shape_mismatch_is_reported_not_loaded(tmp_path):
+def test_a_file_of_another_depth_is_refused_unless_strict_is_off(tmp_path):
+    from transferdet.errors import DataError
+
     path = tmp_path / "r34.pth"
     torch.save(torchvision.models.resnet34().state_dict(), path)
-    report = load_pretrained(build_detector(3, 18), path, CLASSES)
-    assert report.skipped  # layer*.2 blocks of resnet34 do not exist in resnet18
-    assert report.loaded  # the stem and first blocks still load
+    model = build_detector(3, 18)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # ResNet-34 has every tensor of ResNet-18 and more: name-and-shape matching alone would load it silently
+    with pytest.raises(DataError, match=r"r34.pth: does not fit .* the model has no backbone.layer1.2.\* "):
+        load_pretrained(model, path, CLASSES)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # nothing half-loaded
+    report = load_pretrained(model, path, CLASSES, strict=False)
+    assert "backbone.layer1.2.conv1.weight" in report.skipped and "backbone.conv1.weight" in report.loaded
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    with pytest.raises(DataError, match=r"ResNet-34\): the file has no \(or other shapes of\) backbone.layer1.2.\*"):
+        load_pretrained(build_detector(3, 34), path, CLASSES)
 
 
 def _targets(boxes, classes, batch=1, w=128, h=64):

@@ -131,3 +131,21 @@ def test_target_ratio_finds_a_threshold_and_plan_replays_exactly():
     rebuilt.eval()
     with torch.no_grad():
         assert torch.equal(rebuilt(x)[0], m(x)[0])
+
+
+@pytest.mark.parametrize("target_ratio", [None, 0.3])
+def test_frozen_layers_are_pruned_like_the_others_and_stay_frozen(target_ratio):
+    """model.freeze_blocks: Torch-Pruning traces the autograd graph, where frozen layers do not appear."""
+    m = trained_like(10)
+    for block in m.blocks()[:2]:  # the stem and layer1, as freeze_blocks: [0, 1]
+        for module in block:
+            module.requires_grad_(False)
+    frozen = {n for n, p in m.named_parameters() if not p.requires_grad}
+    cfg = PruningConfig(pruning_threshold=0.5, min_num_filters=8, target_ratio=target_ratio)
+    report = prune_to_ratio(m, cfg, H, W)[0] if target_ratio else prune(m, cfg, H, W)
+    kept = {p.name: p.kept for p in report.layers}
+    assert kept["backbone.conv1"] < 64 and m.backbone.conv1.out_channels == kept["backbone.conv1"]
+    assert {n for n, p in m.named_parameters() if not p.requires_grad} == frozen
+    with torch.no_grad():
+        cov, _ = m.eval()(torch.rand(1, 3, H, W))  # the pruned shapes agree everywhere
+    assert cov.shape == (1, 3, H // 16, W // 16)

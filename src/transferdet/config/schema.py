@@ -63,7 +63,7 @@ class BackendFloatx(Enum):
 class DatasetConfig:
     """KITTI-layout dataset and its partition (TLT ``kitti_config`` + ``dataset_config``)."""
 
-    root: str = MISSING
+    root: Optional[str] = MISSING  # null: a task that runs a trained model takes the model's own dataset
     image_dir_name: str = "image_2"
     label_dir_name: str = "label_2"
     image_extension: str = ".png"
@@ -160,6 +160,8 @@ class ModelConfig:
     arch: str = "resnet"
     num_layers: int = 18
     pretrained_model_file: Optional[str] = None
+    # refuse a file whose backbone does not match the model's (another ResNet depth); false: load what fits
+    pretrained_strict: bool = True
     pruned_checkpoint: Optional[str] = None  # TLT's load_graph: rebuild the pruned architecture and retrain it
     freeze_blocks: List[int] = field(default_factory=list)
     freeze_bn: bool = False

@@ -39,7 +39,9 @@ def allowed_from(err: OmegaConfBaseException) -> str:
         owner = getattr(err, "object_type", None)
         names = [f.name for f in dataclasses.fields(owner)] if dataclasses.is_dataclass(owner) else []
         return f"a key of {m.group(2)}" + (f" ({', '.join(names)})" if names else "")
-    if "is not a subclass of" in msg or "Invalid type assigned" in msg:
+    if m := re.search(r"is not a subclass of (\w+)", msg):
+        return f"a {m.group(1)} block: set its keys one by one (key.subkey=value), not a single value"
+    if "Invalid type assigned" in msg:
         return f"a {getattr(err, 'ref_type_str', None) or 'value of the documented type'}"
     return msg
 

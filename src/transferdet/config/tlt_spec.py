@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from transferdet.config import schema as S
+from transferdet.config.structured import config_error
 from transferdet.config.validate import validate
 from transferdet.errors import ConfigError, DataError
 from transferdet.utils.io import atomic_path
@@ -73,19 +74,53 @@ def _tokens(text: str, path: Path) -> list[tuple[str, str, int]]:
     return out
 
 
+# protobuf text format's escapes: \n \t ... \\ \' \", octal \NNN and hex \xNN bytes (a UTF-8 sequence
+# written byte by byte stays one character)
+_ESCAPE = re.compile(r"\\(?:([abfnrtv\\'\"?])|([0-7]{1,3})|x([0-9A-Fa-f]{1,2}))")
+_SIMPLE = {
+    "a": b"\a",
+    "b": b"\b",
+    "f": b"\f",
+    "n": b"\n",
+    "r": b"\r",
+    "t": b"\t",
+    "v": b"\v",
+    "\\": b"\\",
+    "'": b"'",
+    '"': b'"',
+    "?": b"?",
+}
+
+
+def unescape(body: str) -> str:
+    """A quoted string's body with protobuf's escapes decoded; other characters (Windows paths' backslashes
+    before other letters, UTF-8 text) are kept as they are."""
+    out, pos = bytearray(), 0
+    for m in _ESCAPE.finditer(body):
+        out += body[pos : m.start()].encode("utf-8")
+        simple, octal, hexa = m.groups()
+        out += _SIMPLE[simple] if simple else bytes([int(octal, 8) & 0xFF] if octal else [int(hexa, 16)])
+        pos = m.end()
+    out += body[pos:].encode("utf-8")
+    return out.decode("utf-8", errors="replace")
+
+
 def _scalar(kind: str, text: str) -> Any:
     if kind == "string":
-        return text[1:-1].encode().decode("unicode_escape") if text[0] in "\"'" else text[1:-1]
+        return unescape(text[1:-1]) if text[0] in "\"'" else text[1:-1]
     if kind == "number":
         text = text.rstrip("fF")
         return float(text) if any(c in text for c in ".eE") else int(text)
     return {"true": True, "false": False, "True": True, "False": False}.get(text, text)
 
 
+MAX_DEPTH = 32
+
+
 def parse(text: str, path: Path) -> list[Field]:
     """The spec as a list of fields (a message); nested messages are lists of fields too."""
     tokens = _tokens(text, path)
-    pos = 0
+    pos, depth = 0, [0]
 
     def error(msg: str) -> DataError:
         line = tokens[min(pos, len(tokens) - 1)][2] if tokens else 1
@@ -114,18 +149,26 @@ def parse(text: str, path: Path) -> list[Field]:
                 raise error(f"field {text!r} has no value")
             kind2, text2, _ = tokens[pos]
             if text2 in ("{", "<"):
+                if depth[0] >= MAX_DEPTH:
+                    raise error(f"blocks nested more than {MAX_DEPTH} deep (a DetectNet_v2 spec nests 5)")
                 pos += 1
+                depth[0] += 1
                 fields.append(Field(text, message("}" if text2 == "{" else ">", (text, line)), line))
+                depth[0] -= 1
             elif text2 == "[":
                 pos += 1
-                while tokens[pos][1] != "]":
+                while pos < len(tokens) and tokens[pos][1] != "]":
                     k, t, _ = tokens[pos]
                     if k not in ("string", "number", "ident"):
                         raise error(f"expected a value in the list of {text!r}, found {t!r}")
                     fields.append(Field(text, _scalar(k, t), line))
                     pos += 1
-                    if tokens[pos][1] == ",":
+                    if pos < len(tokens) and tokens[pos][1] == ",":
                         pos += 1
+                if pos == len(tokens):
+                    raise DataError(
+                        path, f"the list of '{text}' opened at line {line} has no closing ']'", tokens[-1][2]
+                    )
                 pos += 1
             elif colon and kind2 in ("string", "number", "ident"):
                 fields.append(Field(text, _scalar(kind2, text2), line))
@@ -303,9 +346,23 @@ def experiment_yaml(imported: Imported, source: Path) -> str:
     if imported.unmapped:
         head += ["# Spec keys with no transferdet counterpart (ignored):"] + [f"#   {u}" for u in imported.unmapped]
     head += [f"# Note: {n}" for n in imported.notes]
+    head = [line.replace("\r", "\\r").replace("\n", "\\n") for line in head]  # one comment line each
     defaults = {"defaults": [{f"override /{g}": "base"} for g in imported.groups]}
-    body = OmegaConf.to_yaml(OmegaConf.create({**defaults, **imported.groups}))
+    body = OmegaConf.to_yaml(OmegaConf.create({**defaults, **_literal(imported.groups)}))
     return "\n".join(head) + "\n" + body
+
+
+def _literal(value: Any) -> Any:
+    """Strings of the spec as text, never as OmegaConf interpolations: ``${oc.env:WANDB_API_KEY}`` in a spec
+    must not read the environment (and write a secret into config.yaml)."""
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_literal(v) for v in value]
+    if isinstance(value, str):
+        # OmegaConf reads \${ as a literal ${, and 2n backslashes before ${ as n (the rest stays as written)
+        return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
+    return value
 
 
 def default_output_root() -> Path:
@@ -356,4 +413,7 @@ def check_composes(root: Path, name: str, candidate: Path) -> None:
                 "the imported spec",
                 f"a config transferdet accepts: {str(err).splitlines()[0]}",
             ) from None
-        validate(cfg)
+        try:
+            validate(cfg)
+        except OmegaConfBaseException as err:
+            raise config_error(err) from None

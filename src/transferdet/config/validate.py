@@ -30,6 +30,19 @@ def _in_range(key: str, value: float, lo: float, hi: float, *, lo_open: bool = F
     _require(above and below, key, value, f"a number in {lb}{lo:g}, {hi:g}{rb}")
 
 
+MAX_SEED = 2**32 - 1  # numpy's and Lightning's seeds are unsigned 32-bit
+
+
+def seed(key: str, value: Any) -> None:
+    """A random seed: an integer in [0, 2^32 - 1]."""
+    _require(
+        isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED,
+        key,
+        value,
+        f"an integer in [0, {MAX_SEED}]",
+    )
+
+
 def positive_int(key: str, value: Any, allowed: str = "an integer >= 1") -> int:
     """``value`` when it is an integer >= 1 (not a bool), else a ConfigError naming ``key``."""
     _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key, value, allowed)
@@ -48,6 +61,7 @@ def target_classes(dataset: S.DatasetConfig) -> list[str]:
 
 def validate_dataset(d: S.DatasetConfig) -> None:
     """Ranges of ``dataset`` and the partition settings that go together."""
+    seed("dataset.seed", d.seed)
     _in_range("dataset.val_split", d.val_split, 0, 100, hi_open=True)
     positive_int("dataset.num_shards", d.num_shards)
     _require(
@@ -164,6 +178,7 @@ def validate_model(m: S.ModelConfig) -> None:
 
 def validate_training(t: S.TrainingConfig) -> None:
     """Batch, epochs, schedule, optimizer, regularizer and distillation ranges."""
+    seed("training.random_seed", t.random_seed)
     positive_int("training.batch_size_per_gpu", t.batch_size_per_gpu)
     positive_int("training.num_epochs", t.num_epochs)
     _require(t.checkpoint_interval >= 0, "training.checkpoint_interval", t.checkpoint_interval, "an integer >= 0")
@@ -285,6 +300,7 @@ def validate_cost(c: S.CostConfig) -> None:
 
 def validate_synth(s: S.SynthConfig) -> None:
     """The synthetic generator's settings."""
+    seed("synth.seed", s.seed)
     _require(s.num_images >= 1, "synth.num_images", s.num_images, "an integer >= 1")
     for name in ("image_width", "image_height"):
         _require(getattr(s, name) >= 32, f"synth.{name}", getattr(s, name), "an integer >= 32 (pixels)")

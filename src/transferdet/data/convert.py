@@ -33,10 +33,10 @@ from transferdet.config.schema import IGNORE_CLASS, DatasetConfig, PartitionMode
 from transferdet.config.validate import target_classes
 from transferdet.data.kitti import ImageRecord, Warning_
 from transferdet.errors import DataError
-from transferdet.utils.io import sha256_file
+from transferdet.utils.io import resolved, sha256_file
 
 FORMAT_NAME = "transferdet-kitti-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the class mapping in order, and each source file's size and mtime
 IGNORE_ID = -1  # class id of an ignore region (dontcare)
 SPLITS = ("train", "val")
 
@@ -150,14 +150,28 @@ def shard_arrays(
     }
 
 
+def source_entry(kind: str, path: Path | None, root: Path) -> dict:
+    """A source file as the manifest records it: path relative to the root, size, mtime and SHA-256."""
+    if path is None:
+        return {kind: None, f"{kind}_sha256": None, f"{kind}_size": None, f"{kind}_mtime_ns": None}
+    st = path.stat()
+    return {
+        kind: path.relative_to(root).as_posix(),
+        f"{kind}_sha256": sha256_file(path),
+        f"{kind}_size": st.st_size,
+        f"{kind}_mtime_ns": st.st_mtime_ns,
+    }
+
+
 def fingerprint(d: DatasetConfig) -> str:
     """Hash of every setting that changes the converted output (train reuses a matching conversion)."""
     key = {
-        "root": str(Path(d.root).resolve()),
+        "root": str(resolved(d.root, "dataset.root")),
         "image_dir_name": d.image_dir_name,
         "label_dir_name": d.label_dir_name,
         "image_extension": d.image_extension,
-        "target_class_mapping": normalised_mapping(d),
+        # in order: the order of the mapping is the order of the class ids
+        "target_class_mapping": list(normalised_mapping(d).items()),
         "partition_mode": d.partition_mode.value,
         "num_partitions": d.num_partitions,
         "val_split": d.val_split,
@@ -174,7 +188,7 @@ def write_converted(
     out_dir: Path, records: list[ImageRecord], warnings: list[Warning_], d: DatasetConfig, progress: bool = True
 ) -> dict:
     """Write shards and manifest into ``out_dir`` (an empty directory). Returns the manifest."""
-    root = Path(d.root).resolve()
+    root = resolved(d.root, "dataset.root")
     mapping = normalised_mapping(d)
     classes = target_classes(d)
     partition = make_partition(records, d)
@@ -199,12 +213,7 @@ def write_converted(
 
     files = {}
     for r in tqdm(records, desc="hash", unit="img", disable=not progress or None, leave=False):
-        files[r.id] = {
-            "image": r.image_path.relative_to(root).as_posix(),
-            "image_sha256": sha256_file(r.image_path),
-            "label": r.label_path.relative_to(root).as_posix() if r.label_path else None,
-            "label_sha256": sha256_file(r.label_path) if r.label_path else None,
-        }
+        files[r.id] = {**source_entry("image", r.image_path, root), **source_entry("label", r.label_path, root)}
     manifest = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,

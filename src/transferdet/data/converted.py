@@ -10,8 +10,9 @@ import numpy as np
 
 from transferdet.config.schema import DatasetConfig
 from transferdet.data.convert import FORMAT_NAME, FORMAT_VERSION, IGNORE_ID, SPLITS, fingerprint
+from transferdet.data.kitti import find_files
 from transferdet.errors import DataError
-from transferdet.utils.io import sha256_file
+from transferdet.utils.io import resolved, sha256_file
 
 
 def converted_dir_for(d: DatasetConfig) -> Path:
@@ -78,6 +79,25 @@ class SplitIndex:
         )
 
 
+def _unchanged(path: Path, entry: dict, kind: str) -> bool:
+    """A source file is unchanged when its size and mtime are (or, when they are not, its content is)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    if st.st_size == entry[f"{kind}_size"] and st.st_mtime_ns == entry[f"{kind}_mtime_ns"]:
+        return True
+    return st.st_size == entry[f"{kind}_size"] and sha256_file(path) == entry[f"{kind}_sha256"]
+
+
+def is_conversion(folder: Path) -> bool:
+    """Whether ``folder`` holds a conversion transferdet wrote (any format version): it may be replaced."""
+    try:
+        return json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("format") == FORMAT_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 class ConvertedDataset:
     """A converted dataset folder: its manifest and its splits."""
 
@@ -110,9 +130,29 @@ class ConvertedDataset:
         self.root = Path(self.manifest["source"]["root"])
         self.classes: list[str] = list(self.manifest["classes"])
 
-    def matches(self, d: DatasetConfig) -> bool:
-        """True when this conversion was made from the same dataset settings as ``d``."""
-        return self.manifest.get("fingerprint") == fingerprint(d)
+    def stale_reason(self, d: DatasetConfig) -> str | None:
+        """Why this conversion does not hold dataset ``d`` as it is now (None when it does): other settings
+        (the class mapping in order included), another folder, or source files added, removed or changed
+        (by size and mtime, then content)."""
+        if self.manifest.get("fingerprint") != fingerprint(d):
+            return "it was made with other dataset settings"
+        root = resolved(d.root, "dataset.root")
+        if self.manifest["source"]["root"] != str(root):
+            return f"it was made from {self.manifest['source']['root']}, not {root}"
+        files = self.manifest["files"]
+        images = find_files(root / d.image_dir_name, d.image_extension)
+        label_dir = root / d.label_dir_name
+        labels = {k.lower() for k in find_files(label_dir, ".txt")} if label_dir.is_dir() else set()
+        if set(images) != set(files):
+            added, removed = sorted(set(images) - set(files)), sorted(set(files) - set(images))
+            return f"images were added ({', '.join(added[:3])}) or removed ({', '.join(removed[:3])}) since"
+        for id_, entry in files.items():
+            if (entry["label"] is not None) != (id_.lower() in labels):
+                return f"the label file of {id_} was added or removed since"
+            for kind in ("image", "label"):
+                if entry[kind] is not None and not _unchanged(root / entry[kind], entry, kind):
+                    return f"{root / entry[kind]} changed since"
+        return None
 
     def split(self, name: str) -> SplitIndex:
         """One split's images, addressable by index."""

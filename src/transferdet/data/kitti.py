@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from transferdet.errors import DataError
+from transferdet.utils.io import resolved
 
 NUM_FIELDS = 15
 NUM_FIELDS_WITH_SCORE = 16
@@ -119,6 +120,15 @@ def parse_label_line(path: Path, lineno: int, text: str, *, allow_score: bool) -
             lineno,
         )
     v = [_number(path, lineno, i, t) for i, t in enumerate(tokens[1:], start=1)]
+    # KITTI: truncated in [0, 1], occluded 0..3 (fully visible .. unknown); DontCare lines carry -1 for both
+    if not -1 <= v[0] <= 1:
+        raise DataError(
+            path, f"field 2 (truncated) is {tokens[1]!r}, expected a number in [0, 1] (-1 on DontCare lines)", lineno
+        )
+    if v[1] != int(v[1]) or not -1 <= v[1] <= 3:
+        raise DataError(
+            path, f"field 3 (occluded) is {tokens[2]!r}, expected 0, 1, 2 or 3 (-1 on DontCare lines)", lineno
+        )
     return KittiObject(
         cls=tokens[0].lower(),
         truncated=v[0],
@@ -140,7 +150,7 @@ def read_label_file(path: str | Path, *, allow_score: bool = False) -> list[Kitt
     """All objects of one label file, in file order; blank lines are skipped."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of line 1
     except UnicodeDecodeError:
         raise DataError(path, "not a text file (KITTI labels are UTF-8/ASCII text)") from None
     except OSError as err:
@@ -219,6 +229,8 @@ def image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:
             size = im.size
             im.verify()  # checks the file's structure and checksums without a full decode
+    except Image.DecompressionBombError as err:
+        raise DataError(path, f"refused: {err}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(path, f"cannot decode image ({err.__class__.__name__}: {err})") from None
     return size
@@ -254,7 +266,7 @@ def scan_dataset(
     progress: bool = True,
 ) -> tuple[list[ImageRecord], list[Warning_]]:
     """Read and validate a KITTI-layout folder. Returns records sorted by id, and the warnings."""
-    root = Path(root).resolve()  # records carry absolute paths: the converted form is read from anywhere
+    root = resolved(root, "dataset.root")  # records carry absolute paths: the converted form is read from anywhere
     image_dir, label_dir = root / image_dir_name, root / label_dir_name
     if not root.is_dir():
         raise DataError(root, "dataset root does not exist (config key dataset.root)")

@@ -41,7 +41,7 @@ from transferdet.utils.io import atomic_path
 CHECKSUM_KEY = "transferdet_checksum"
 SPEC_KEY, TRAINING_KEY = "spec", "training"
 MODEL_PREFIX = "model."
-ONNX_SPEC_KEY = "transferdet_spec"
+ONNX_SPEC_KEY, ONNX_DATASET_KEY = "transferdet_spec", "transferdet_dataset"
 ONNX_INPUT = "input_1"
 _LEGACY_ONNX_KEYS = ("transferdet_config", "transferdet_classes")
 
@@ -178,10 +178,17 @@ def is_checkpoint(obj: Mapping[str, Any]) -> bool:
     return isinstance(obj.get("state_dict"), dict) and isinstance(obj.get("hyper_parameters"), Mapping)
 
 
-def save(path: str | Path, spec: DetectorSpec, network: nn.Module, extra: Mapping[str, Any] | None = None) -> None:
-    """A checkpoint of ``network`` described by ``spec`` (e.g. a pruned model, which ``train`` retrains)."""
+def save(
+    path: str | Path,
+    spec: DetectorSpec,
+    network: nn.Module,
+    extra: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+) -> None:
+    """A checkpoint of ``network`` described by ``spec`` (e.g. a pruned model, which ``train`` retrains), with the
+    ``training`` record of the model it was made from."""
     state = {f"{MODEL_PREFIX}{k}": v for k, v in network.state_dict().items()}
-    obj = {"state_dict": state, "hyper_parameters": hyper_parameters(spec), "epoch": 0, "global_step": 0}
+    obj = {"state_dict": state, "hyper_parameters": hyper_parameters(spec, training), "epoch": 0, "global_step": 0}
     write({**obj, **(extra or {})}, path)
 
 
@@ -192,6 +199,7 @@ class Loaded:
     spec: DetectorSpec
     network: DetectNetV2
     path: Path
+    training: Mapping[str, Any] | None = None  # the settings it was trained with (dataset included), if recorded
 
 
 def build_network(spec: DetectorSpec, weights: Mapping[str, torch.Tensor], path: str | Path) -> DetectNetV2:
@@ -223,7 +231,22 @@ def load(path: str | Path, overrides: DetectorOverrides | None = None, key: str 
     obj = read(path, key)
     spec = spec_of(obj, path)
     network = build_network(spec, network_weights(obj), path)
-    return Loaded(spec.with_overrides(overrides), network, path)
+    return Loaded(spec.with_overrides(overrides), network, path, training_record(obj))
+
+
+def training_record(obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The settings a checkpoint's model was trained with, as recorded (None when it records none)."""
+    record = (obj.get("hyper_parameters") or {}).get(TRAINING_KEY)
+    return dict(record) if isinstance(record, Mapping) else None
+
+
+def trained_dataset(path: str | Path) -> dict[str, Any] | None:
+    """The dataset settings a checkpoint's (or an exported ONNX model's) model was trained on, if recorded."""
+    if Path(path).suffix.lower() == ".onnx":
+        meta = _onnx_metadata(path)
+        return _json_entry(meta, ONNX_DATASET_KEY, path) if ONNX_DATASET_KEY in meta else None
+    dataset = (training_record(read(path)) or {}).get("dataset")
+    return dict(dataset) if isinstance(dataset, Mapping) else None
 
 
 def read_spec(path: str | Path, key: str = "checkpoint") -> DetectorSpec:
@@ -232,23 +255,27 @@ def read_spec(path: str | Path, key: str = "checkpoint") -> DetectorSpec:
 
 
 # --------------------------------------------------------------------------- ONNX models
-def write_onnx_spec(path: str | Path, spec: DetectorSpec) -> None:
-    """Store ``spec`` in an ONNX model's metadata (``transferdet_spec``), rewriting the file atomically."""
+def write_onnx_spec(path: str | Path, spec: DetectorSpec, dataset: Mapping[str, Any] | None = None) -> None:
+    """Store ``spec`` (and the ``dataset`` settings it was trained on) in an ONNX model's metadata
+    (``transferdet_spec``, ``transferdet_dataset``), rewriting the file atomically."""
     import onnx
 
     model = onnx.load(str(path))
-    kept = [p for p in model.metadata_props if p.key not in (ONNX_SPEC_KEY, *_LEGACY_ONNX_KEYS)]
+    ours = (ONNX_SPEC_KEY, ONNX_DATASET_KEY, *_LEGACY_ONNX_KEYS)
+    kept = [p for p in model.metadata_props if p.key not in ours]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = ONNX_SPEC_KEY, json.dumps(spec.to_dict(), sort_keys=True)
+    entries = {ONNX_SPEC_KEY: spec.to_dict()} | ({ONNX_DATASET_KEY: dict(dataset)} if dataset else {})
+    for key, value in entries.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)  # in order: a class mapping's order is its class ids
     model.producer_name = "transferdet"
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
 
 
-def read_onnx_spec(path: str | Path, overrides: DetectorOverrides | None = None) -> DetectorSpec:
-    """The spec an exported ONNX model carries (no network is built); every failure names the file."""
+def _onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of an exported DetectNet_v2 ONNX model (checked: a readable model with one input, input_1)."""
     import onnx
 
     path = Path(path)
@@ -266,27 +293,30 @@ def read_onnx_spec(path: str | Path, overrides: DetectorOverrides | None = None)
     inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     if inputs != [ONNX_INPUT]:
         raise DataError(path, f"the model's inputs are {inputs}; a DetectNet_v2 export has one input, {ONNX_INPUT!r}")
-    meta = {p.key: p.value for p in model.metadata_props}
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _json_entry(meta: Mapping[str, str], key: str, path: str | Path) -> Any:
+    try:
+        return json.loads(meta[key])
+    except json.JSONDecodeError as err:
+        raise DataError(path, f"the ONNX metadata entry {key} is not valid JSON ({err.msg})") from None
+
+
+def read_onnx_spec(path: str | Path, overrides: DetectorOverrides | None = None) -> DetectorSpec:
+    """The spec an exported ONNX model carries (no network is built); every failure names the file."""
+    meta = _onnx_metadata(path)
     try:
         if ONNX_SPEC_KEY in meta:
-            spec = DetectorSpec.from_dict(json.loads(meta[ONNX_SPEC_KEY]))
+            spec = DetectorSpec.from_dict(_json_entry(meta, ONNX_SPEC_KEY, path))
         elif all(k in meta for k in _LEGACY_ONNX_KEYS):
-            config, classes = (json.loads(meta[k]) for k in _LEGACY_ONNX_KEYS)
+            config, classes = (_json_entry(meta, k, path) for k in _LEGACY_ONNX_KEYS)
             spec = spec_of({"state_dict": {}, "hyper_parameters": {"config": config, "classes": classes}}, path)
         else:
             raise DataError(
                 path,
                 "ONNX model without transferdet metadata (classes and settings): export it with `transferdet export`",
             )
-    except json.JSONDecodeError as err:
-        raise DataError(path, f"the transferdet metadata is not valid JSON ({err.msg})") from None
     except ConfigError as err:
         raise DataError(path, f"the transferdet metadata does not fit this transferdet: {err}") from None
     return spec.with_overrides(overrides)
-
-
-def load_any(path: str | Path, overrides: DetectorOverrides | None = None) -> DetectorSpec:
-    """The spec of a checkpoint or of an exported ONNX model, whichever ``path`` is."""
-    if Path(path).suffix.lower() == ".onnx":
-        return read_onnx_spec(path, overrides)
-    return read_spec(path).with_overrides(overrides)

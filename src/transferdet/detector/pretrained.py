@@ -46,8 +46,23 @@ def _weights_and_classes(obj: dict, path: Path) -> tuple[dict[str, torch.Tensor]
     return {f"backbone.{k}": v for k, v in obj.items() if isinstance(v, torch.Tensor)}, None
 
 
-def load_pretrained(model: nn.Module, path: str | Path, classes: list[str]) -> LoadReport:
-    """Fill ``model`` from a pretrained file: matching names and shapes load, everything else is reported."""
+def blocks_of(names: list[str]) -> list[str]:
+    """Tensor names grouped by their block (``backbone.layer1.2.*``), in order, for messages."""
+    out: dict[str, int] = {}
+    for n in names:
+        parts = n.split(".")
+        key = ".".join(parts[:3]) + ".*" if len(parts) > 3 else n
+        out[key] = out.get(key, 0) + 1
+    return [f"{k} ({v})" if v > 1 else k for k, v in out.items()]
+
+
+def load_pretrained(model: nn.Module, path: str | Path, classes: list[str], strict: bool = True) -> LoadReport:
+    """Fill ``model`` from a pretrained file: matching names and shapes load, everything else is reported.
+
+    ``strict``: a file whose backbone does not match the model's (tensors the model lacks, e.g. a ResNet-34 file
+    for a ResNet-18, or backbone tensors the file lacks or has in another shape) is refused, listing them;
+    ``strict=False`` loads what fits and leaves the rest initialised.
+    """
     path = Path(path)
     obj = checkpoint.read(path, "model.pretrained_model_file")
     state, source_classes = _weights_and_classes(obj, path)
@@ -67,13 +82,19 @@ def load_pretrained(model: nn.Module, path: str | Path, classes: list[str]) -> L
     unfilled = [
         k for k in own if k.startswith("backbone.") and k not in to_load and not k.endswith("num_batches_tracked")
     ]
-    if unfilled:  # another ResNet depth, or full-width weights for a pruned model: refuse, do not half-load
-        why = next((m for m in report.mismatched if m.startswith(unfilled[0])), "not in the file")
+    # tensors of the file the model lacks (the ImageNet classifier aside, which detection never has)
+    unexpected = [k for k in state if k.startswith("backbone.") and k not in own and not k.startswith("backbone.fc.")]
+    if strict and (unfilled or unexpected or report.mismatched):
+        parts = []
+        if unexpected:
+            parts.append(f"the model has no {', '.join(blocks_of(unexpected)[:4])}")
+        if unfilled:
+            parts.append(f"the file has no (or other shapes of) {', '.join(blocks_of(unfilled)[:4])}")
         raise DataError(
             path,
-            f"does not fit this model's backbone: {len(unfilled)} backbone tensors would stay "
-            f"random, e.g. {unfilled[0]} ({why}); use weights of the same ResNet depth as "
-            "model.num_layers",
+            f"does not fit this model's backbone (ResNet-{getattr(model, 'depth', '?')}): {'; '.join(parts)}; use "
+            "weights of the same ResNet depth as model.num_layers, or model.pretrained_strict=false to load only "
+            "the tensors that fit",
         )
     model.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)

@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -47,34 +49,47 @@ def to_fp16(fp32: Path, out: Path) -> Path:
     return out
 
 
-def export_fp32(spec: DetectorSpec, network: nn.Module, path: Path) -> Path:
-    """The fp32 ONNX model of ``network`` with ``spec`` in its metadata."""
+def export_fp32(spec: DetectorSpec, network: nn.Module, path: Path, dataset: Mapping[str, Any] | None = None) -> Path:
+    """The fp32 ONNX model of ``network`` with ``spec`` (and the ``dataset`` it was trained on) in its metadata."""
     export_onnx(network, path, spec.height, spec.width)
-    checkpoint.write_onnx_spec(path, spec)
+    checkpoint.write_onnx_spec(path, spec, dataset)
     return path
 
 
 def quantized(
-    spec: DetectorSpec, fp32: Path, path: Path, images: np.ndarray, c: CalibrationConfig, e: ExportConfig
+    spec: DetectorSpec,
+    fp32: Path,
+    path: Path,
+    images: np.ndarray,
+    c: CalibrationConfig,
+    e: ExportConfig,
+    dataset: Mapping[str, Any] | None = None,
 ) -> Path:
     """The INT8 model of an fp32 export, calibrated on ``images`` with the calibration settings."""
     quantize_int8(fp32, path, images, c.calibration_method.value, c.batch_size, e.int8_activations.value)
-    checkpoint.write_onnx_spec(path, spec)
+    checkpoint.write_onnx_spec(path, spec, dataset)
     return path
 
 
 def export_models(
-    spec: DetectorSpec, network: nn.Module, out: Path, e: ExportConfig, c: CalibrationConfig, images: np.ndarray | None
+    spec: DetectorSpec,
+    network: nn.Module,
+    out: Path,
+    e: ExportConfig,
+    c: CalibrationConfig,
+    images: np.ndarray | None,
+    dataset: Mapping[str, Any] | None = None,
 ) -> Exported:
-    """Every artefact of ``e.data_type`` into ``out``; ``images``: the calibration tensors (int8 only)."""
-    fp32 = export_fp32(spec, network, out / "model_fp32.onnx")
+    """Every artefact of ``e.data_type`` into ``out``; ``images``: the calibration tensors (int8 only);
+    ``dataset``: the settings of the dataset the model was trained on, recorded in every ONNX model."""
+    fp32 = export_fp32(spec, network, out / "model_fp32.onnx", dataset)
     models, cache = {"fp32": fp32}, None
     if e.data_type is DataType.fp16:
         models["fp16"] = to_fp16(fp32, out / "model_fp16.onnx")
-        checkpoint.write_onnx_spec(models["fp16"], spec)
+        checkpoint.write_onnx_spec(models["fp16"], spec, dataset)
     elif e.data_type is DataType.int8:
         assert images is not None, "int8 needs calibration images"
-        models["int8"] = quantized(spec, fp32, out / "model_int8.onnx", images, c, e)
+        models["int8"] = quantized(spec, fp32, out / "model_int8.onnx", images, c, e, dataset)
         # the cache holds ranges by the fp32 model's tensor names: a QDQ model has them as they are, the
         # operator-format ONNX Runtime model (uint8) has fused some away, so its ranges come from a QDQ pass
         ranges = (

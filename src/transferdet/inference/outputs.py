@@ -10,6 +10,8 @@ clustering of one batch overlap the network of another): memory does not grow wi
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from transferdet.structures import Detections
 from transferdet.utils.io import atomic_path, make_folder
 from transferdet.visualize import draw_detections
 
+log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
@@ -45,10 +48,27 @@ def image_inputs(path: Path) -> list[Path]:
     return files
 
 
+def output_names(files: list[Path]) -> dict[Path, str]:
+    """The name of each input's outputs: its stem, or its file name with the dot made ``_`` where two inputs
+    share a stem (``a.png`` and ``a.jpg`` would overwrite each other's ``a.txt``)."""
+    stems = Counter(p.stem for p in files)
+    shared = sorted(s for s, n in stems.items() if n > 1)
+    if shared:
+        log.warning(
+            "%d inputs share their name with another of another type (e.g. %s): their outputs are named "
+            "after the whole file name, e.g. %s",
+            sum(stems[s] for s in shared),
+            shared[0],
+            next(p.name.replace(".", "_") for p in files if p.stem == shared[0]),
+        )
+    return {p: p.name.replace(".", "_") if stems[p.stem] > 1 else p.stem for p in files}
+
+
 def infer_images(
     predictor: Predictor, files: list[Path], run_dir: Path, batch_size: int, draw_threshold: float, workers: int = 1
 ) -> int:
     """Labels and annotated PNGs for image files; returns how many."""
+    names = output_names(files)
     labels_dir, images_dir = run_dir / "labels", run_dir / "images_annotated"
     make_folder(labels_dir)
     make_folder(images_dir)
@@ -56,9 +76,9 @@ def infer_images(
     with tqdm(total=len(files), desc="infer", unit="img", disable=None) as bar:
         for chunk, images, found in predictor.stream(files, load_rgb, batch_size, workers):
             for path, image, det in zip(chunk, images, found):
-                with atomic_path(labels_dir / f"{path.stem}.txt") as tmp:
+                with atomic_path(labels_dir / f"{names[path]}.txt") as tmp:
                     write_label_file(tmp, kitti_objects(det, predictor.classes))
-                with atomic_path(images_dir / f"{path.stem}.png") as tmp:
+                with atomic_path(images_dir / f"{names[path]}.png") as tmp:
                     draw_detections(image, det, None, predictor.classes, draw_threshold).save(tmp, format="PNG")
                 count += 1
             bar.update(len(chunk))
@@ -86,26 +106,43 @@ def infer_video(
         out = sink.add_stream("libx264", rate=rate)
         out.width, out.height = stream.codec_context.width // 2 * 2, stream.codec_context.height // 2 * 2
         out.pix_fmt = "yuv420p"
-        frames = (f.to_ndarray(format="rgb24") for f in source.decode(stream))
-        with tqdm(total=stream.frames or None, desc="infer", unit="frame", disable=None) as bar:
+        broken: list[str] = []
+
+        def frames():  # a damaged file: the frames before the damage are processed, and the user is told
             try:
-                for chunk, _, found in predictor.stream(frames, lambda frame: frame, batch_size, workers):
-                    for image, det in zip(chunk, found):
-                        with atomic_path(labels_dir / f"{path.stem}_{count:06d}.txt") as t:
-                            write_label_file(t, kitti_objects(det, predictor.classes))
-                        drawn = np.asarray(draw_detections(image, det, None, predictor.classes, draw_threshold))
-                        frame = av.VideoFrame.from_ndarray(
-                            np.ascontiguousarray(drawn[: out.height, : out.width]), format="rgb24"
-                        )
-                        for packet in out.encode(frame):
-                            sink.mux(packet)
-                        count += 1
-                    bar.update(len(chunk))
+                for f in source.decode(stream):
+                    yield f.to_ndarray(format="rgb24")
             except av.error.FFmpegError as err:
-                raise DataError(path, f"video decoding failed at frame {count} ({err})") from None
+                broken.append(str(err))
+
+        with tqdm(total=stream.frames or None, desc="infer", unit="frame", disable=None) as bar:
+            for chunk, _, found in predictor.stream(frames(), lambda frame: frame, batch_size, workers):
+                for image, det in zip(chunk, found):
+                    with atomic_path(labels_dir / f"{path.stem}_{count:06d}.txt") as t:
+                        write_label_file(t, kitti_objects(det, predictor.classes))
+                    drawn = np.asarray(draw_detections(image, det, None, predictor.classes, draw_threshold))
+                    frame = av.VideoFrame.from_ndarray(
+                        np.ascontiguousarray(drawn[: out.height, : out.width]), format="rgb24"
+                    )
+                    for packet in out.encode(frame):
+                        sink.mux(packet)
+                    count += 1
+                bar.update(len(chunk))
             for packet in out.encode():
                 sink.mux(packet)
         sink.close()
+    if broken or (stream.frames and count < stream.frames):
+        announced = f" of the {stream.frames} its header announces" if stream.frames else ""
+        why = f"decoding stopped: {broken[0]}" if broken else "the file ends early"
+        log.warning(
+            "%s: %d frames could be decoded%s (%s; a truncated or damaged file?): the labels and the "
+            "annotated video hold those %d",
+            path,
+            count,
+            announced,
+            why,
+            count,
+        )
     return count
 
 

@@ -63,8 +63,8 @@ def _groups(primary: DictConfig) -> set[str]:
 def stage_config(cfg: DictConfig, stage: Stage, dirs: Dirs) -> DictConfig:
     """The config ``transferdet <stage.task>`` would compose with the pipeline's choices and overrides."""
     primary = _primary(stage.task)
-    own = {k for k in primary if k != "defaults"}
-    keys = (_groups(primary) - NOT_TASK_GROUPS) | own
+    own, task_groups = {k for k in primary if k != "defaults"}, _groups(primary) - NOT_TASK_GROUPS
+    keys = task_groups | own
     pipeline_groups = _groups(_primary("pipeline"))
     out = copy.deepcopy(cfg)
     with open_dict(out):
@@ -74,9 +74,9 @@ def stage_config(cfg: DictConfig, stage: Stage, dirs: Dirs) -> DictConfig:
         for key in keys - set(out):  # top-level task keys the pipeline does not set: the task's defaults
             if key in primary:
                 out[key] = primary[key]
-        # a task's own key named like one of the pipeline's groups is the task's: e.g. the postprocessing
-        # overrides of a task that runs a checkpoint, which carries the training's settings itself
-        for key in own & pipeline_groups:
+        # a task's own key that is one of the pipeline's groups but none of the task's is the task's: e.g. the
+        # postprocessing overrides of a task that runs a checkpoint, which carries the training's settings itself
+        for key in (own - task_groups) & pipeline_groups:
             out[key] = copy.deepcopy(primary[key])
         out.task_name = stage.task
         if stage.merge_key:
@@ -88,7 +88,7 @@ def stage_config(cfg: DictConfig, stage: Stage, dirs: Dirs) -> DictConfig:
                     raise ConfigError(
                         f"pipeline.{stage.merge_key}",
                         OmegaConf.to_container(extra),
-                        f"overrides of the {stage.task} config's keys ({err.msg})",
+                        f"overrides of the {stage.task} config's keys ({str(err.msg).splitlines()[0]})",
                     ) from None
         for key, value in stage.settings(cfg, dirs).items():
             OmegaConf.update(out, key, value, merge=False, force_add=True)

@@ -17,7 +17,9 @@ The model really shrinks: tensors are sliced, not masked.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,6 +89,20 @@ def _graph(model: nn.Module, height: int, width: int) -> tp.DependencyGraph:
     return tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, 3, height, width))
 
 
+@contextlib.contextmanager
+def _every_layer_traced(model: nn.Module) -> Iterator[None]:
+    """Torch-Pruning traces the autograd graph, where frozen layers (``model.freeze_blocks``) do not appear:
+    unfrozen while the graph is built and pruned, frozen again after (by name: pruning replaces the tensors)."""
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    model.requires_grad_(True)
+    try:
+        yield
+    finally:
+        params = dict(model.named_parameters())
+        for name in frozen:
+            params[name].requires_grad_(False)
+
+
 def count(model: nn.Module, height: int, width: int) -> tuple[int, int]:
     """(FLOPs with multiply and add counted separately, parameters) of one image."""
     macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, 3, height, width))
@@ -94,7 +110,12 @@ def count(model: nn.Module, height: int, width: int) -> tuple[int, int]:
 
 
 def prune(model: DetectNetV2, cfg: PruningConfig, height: int, width: int) -> PruneReport:
-    """Prune ``model`` in place; returns what changed."""
+    """Prune ``model`` in place; returns what changed. Frozen layers are pruned like the others."""
+    with _every_layer_traced(model):
+        return _prune(model, cfg, height, width)
+
+
+def _prune(model: DetectNetV2, cfg: PruningConfig, height: int, width: int) -> PruneReport:
     model.eval()
     flops_before, params_before = count(model, height, width)
     names = {m: n for n, m in model.named_modules()}

@@ -8,7 +8,9 @@ import copy
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,9 +77,15 @@ def prune_once(network: nn.Module, p: PruningConfig, spec: DetectorSpec) -> tupl
 
 
 def prune_and_save(
-    spec: DetectorSpec, network: nn.Module, p: PruningConfig, run_dir: Path, converted: Path | None
+    spec: DetectorSpec,
+    network: nn.Module,
+    p: PruningConfig,
+    run_dir: Path,
+    converted: Path | None,
+    training: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Prune, write ``pruned.ckpt`` and the reports; with ``converted``, val mAP before and after."""
+    """Prune, write ``pruned.ckpt`` (with the ``training`` record of the model it was made from) and the
+    reports; with ``converted``, val mAP before and after."""
     map_before = val_map(spec, network, converted) if converted else None
     report, threshold = prune_once(network, p, spec)
     pruned_spec = spec.replace(channel_plan=channel_plan(network))
@@ -91,7 +99,7 @@ def prune_and_save(
         "groups": report.groups,
         "layers": [{"name": x.name, "kept": x.kept, "total": x.total} for x in report.layers],
     }
-    checkpoint.save(run_dir / PRUNED_CHECKPOINT, pruned_spec, network, {"pruning": summary})
+    checkpoint.save(run_dir / PRUNED_CHECKPOINT, pruned_spec, network, {"pruning": summary}, training)
     metrics = {
         f"prune/{k}": summary[k]
         for k in ("ratio", "threshold", "params_before", "params_after", "flops_before", "flops_after")

@@ -21,7 +21,7 @@ from transferdet.config.overrides import DetectorOverrides
 from transferdet.config.tasks import task_args
 from transferdet.config.validate import target_classes, typed
 from transferdet.data.convert import normalised_mapping
-from transferdet.data.prepare import ensure_converted
+from transferdet.data.prepare import dataset_for_model, ensure_converted
 from transferdet.errors import ConfigError
 from transferdet.evaluation.coco import coco_map
 from transferdet.evaluation.evaluator import Evaluator
@@ -42,6 +42,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if args.checkpoint:
         predictor = Predictor.load(args.checkpoint, args.runtime, overrides, precision=args.precision)
         write_config(run_dir, cfg, predictor.spec.as_config())
+        dataset = dataset_for_model(dataset, args.checkpoint, predictor.classes)
         ev = evaluate_predictor(predictor, ensure_converted(dataset))
         gts, dets, classes, result = ev.ground_truth, ev.detections, predictor.classes, ev.result
     elif args.predictions and args.labels:

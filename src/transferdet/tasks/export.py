@@ -16,7 +16,7 @@ from transferdet.config.overrides import DetectorOverrides
 from transferdet.config.schema import DataType
 from transferdet.config.tasks import task_args
 from transferdet.config.validate import typed
-from transferdet.data.prepare import ensure_converted
+from transferdet.data.prepare import dataset_for_model, ensure_converted
 from transferdet.detector import checkpoint
 from transferdet.errors import ConfigError
 from transferdet.export.calibration import calibration_images, load_calibration_file
@@ -33,7 +33,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     loaded = checkpoint.load(args.checkpoint, DetectorOverrides.from_config(cfg))
     spec = loaded.spec
     write_config(run_dir, cfg, spec.as_config())
-    converted = ensure_converted(typed(cfg, "dataset"))  # the parity check needs it: find a problem before writing
+    # the parity check needs the dataset: a problem with it shows before anything is written
+    converted = ensure_converted(dataset_for_model(typed(cfg, "dataset"), args.checkpoint, spec.classes))
     images = None
     if e.data_type is DataType.int8:  # read (and check) the calibration data before writing anything
         images = (
@@ -41,5 +42,5 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             if c.cal_data_file
             else calibration_images(converted, spec.preprocessing, c.batches * c.batch_size)
         )
-    exported = export_models(spec, loaded.network, run_dir, e, c, images)
+    exported = export_models(spec, loaded.network, run_dir, e, c, images, (loaded.training or {}).get("dataset"))
     return check_parity(spec, loaded.network, exported, converted, run_dir, e.parity_images, e.max_map_drop)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from transferdet.config.overrides import DetectorOverrides
 from transferdet.config.tasks import task_args
 from transferdet.config.validate import typed
-from transferdet.data.prepare import ensure_converted
+from transferdet.data.prepare import dataset_for_model, ensure_converted
 from transferdet.detector import checkpoint
 from transferdet.errors import ConfigError
 from transferdet.pruning.workflow import prune_and_save, sensitivity_sweep
@@ -32,7 +32,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         raise ConfigError("checkpoint", None, "a trained transferdet checkpoint (checkpoint=PATH)")
     loaded = checkpoint.load(args.checkpoint, DetectorOverrides.from_config(cfg))
     write_config(run_dir, cfg, loaded.spec.as_config())
-    converted = ensure_converted(typed(cfg, "dataset")) if args.evaluate or args.sweep else None
+    dataset = (
+        dataset_for_model(typed(cfg, "dataset"), args.checkpoint, loaded.spec.classes)
+        if args.evaluate or args.sweep
+        else None
+    )
+    converted = ensure_converted(dataset) if dataset else None
     if args.sweep:
         return sensitivity_sweep(loaded.spec, loaded.network, p, args.sweep_ratios, converted, run_dir)
-    return prune_and_save(loaded.spec, loaded.network, p, run_dir, converted)
+    return prune_and_save(loaded.spec, loaded.network, p, run_dir, converted, loaded.training)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from transferdet.config import typed
 from transferdet.data.synth import generate
 from transferdet.errors import ConfigError
-from transferdet.utils.io import atomic_dir, write_json_atomic
+from transferdet.utils.io import atomic_dir, check_replaceable, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     dataset, synth = typed(cfg, "dataset"), typed(cfg, "synth")
     root = Path(dataset.root)
     settings = _settings(cfg)
-    if root.exists() and any(root.iterdir()) and not synth.overwrite:
+    if root.is_dir() and any(root.iterdir()) and not synth.overwrite:
         try:
             previous = json.loads((root / RECORD).read_text())
         except (OSError, ValueError):
@@ -48,7 +48,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         log.info("%s already holds this synthetic dataset; nothing to do", root)
         counts = previous["counts"]
     else:
-        # written to a temporary folder and renamed when complete: an interrupted run leaves nothing behind
+        # overwrite replaces a synthetic dataset only; written to a temporary folder and renamed when
+        # complete: an interrupted run leaves nothing behind
+        check_replaceable(root, "dataset.root", lambda f: (f / RECORD).is_file(), "a synthetic dataset (synth.json)")
         with atomic_dir(root) as tmp:
             counts = generate(synth, tmp, dataset.image_dir_name, dataset.label_dir_name)
             write_json_atomic(tmp / RECORD, {"settings": settings, "counts": counts})

@@ -21,6 +21,7 @@ from transferdet.training.datamodule import DetectionDataModule
 from transferdet.training.setup import (
     build_trainer,
     finish_wandb,
+    fit,
     module_from_config,
     resume_path,
     write_augmented_samples,
@@ -49,13 +50,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         resume_from=ckpt,
         pruned_checkpoint=m.pruned_checkpoint,
         pretrained=None if ckpt else m.pretrained_model_file,
+        pretrained_strict=m.pretrained_strict,
     )
     module.validation_images_dir = run_dir / "val_images"
     module.attach_teacher()
     if aug.debug_samples and is_global_zero():
         write_augmented_samples(dm, module.classes, aug.debug_samples, run_dir / "augmented_samples")
     trainer = build_trainer(cfg.trainer, cfg.get("callbacks"), cfg.get("logger"), t, run_dir)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    fit(trainer, module, dm, ckpt)
     if t.checkpoint_interval <= 0 or t.num_epochs % t.checkpoint_interval:
         # ModelCheckpoint wrote last.ckpt at the last multiple of checkpoint_interval: make it the final state
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from transferdet.config.schema import CostConfig, RasterizerConfig, TrainingConfig
+from transferdet.config.schema import CostConfig, DatasetConfig, RasterizerConfig, TrainingConfig
 from transferdet.config.structured import to_plain
 from transferdet.detector import checkpoint
 from transferdet.detector.spec import ChannelPlan, DetectorSpec
@@ -46,16 +46,21 @@ def validation_due(epoch: int, num_epochs: int, ev) -> bool:
 
 class DetectNetModule(pl.LightningModule):
     def __init__(
-        self, spec: DetectorSpec, training: TrainingConfig, rasterizer: RasterizerConfig, cost: CostConfig
+        self,
+        spec: DetectorSpec,
+        training: TrainingConfig,
+        rasterizer: RasterizerConfig,
+        cost: CostConfig,
+        dataset: DatasetConfig | None = None,
     ) -> None:
+        """``dataset``: recorded in checkpoints, so the tasks that run the model can default to it."""
         super().__init__()
         self.spec = spec
         self.train_cfg = training
-        self.save_hyperparameters(
-            checkpoint.hyper_parameters(
-                spec, {"training": to_plain(training), "rasterizer": to_plain(rasterizer), "cost": to_plain(cost)}
-            )
-        )
+        record = {"training": to_plain(training), "rasterizer": to_plain(rasterizer), "cost": to_plain(cost)}
+        if dataset is not None:  # with an absolute root: the model is used from other folders later
+            record["dataset"] = {**to_plain(dataset), "root": str(Path(dataset.root).absolute())}
+        self.save_hyperparameters(checkpoint.hyper_parameters(spec, record))
         self.classes = list(spec.classes)
         self.model_cfg, self.eval_cfg = spec.model, spec.evaluation
         self.width, self.height = spec.width, spec.height
@@ -113,6 +118,18 @@ class DetectNetModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         if self.teacher is not None:
             self.teacher.to(self.device)
+        if self.trainer.is_global_zero:
+            params = sum(p.numel() for p in self.model.parameters())
+            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            log.info(
+                "model: ResNet-%d DetectNet_v2%s, %d classes, %.2f M parameters (%.2f M trainable), on %s",
+                self.spec.model.num_layers,
+                " (pruned)" if self.spec.channel_plan else "",
+                len(self.classes),
+                params / 1e6,
+                trainable / 1e6,
+                self.device,
+            )
 
     # ------------------------------------------------------------------ freezing
     def apply_freezing(self) -> None:

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.precision import MixedPrecision
 
-from transferdet.config.schema import BackendFloatx, CostConfig, RasterizerConfig, TrainingConfig
+from transferdet.config.schema import BackendFloatx, CostConfig, DatasetConfig, RasterizerConfig, TrainingConfig
 from transferdet.config.validate import target_classes, typed
 from transferdet.detector import checkpoint
 from transferdet.detector.pretrained import load_pretrained
@@ -87,15 +88,28 @@ def build_trainer(
 ) -> pl.Trainer:
     """The Lightning trainer of the ``trainer``, ``callbacks`` and ``logger`` groups (``_target_`` nodes)."""
     precision, plugins = precision_plugins(training, str(trainer.get("accelerator", "auto")))
-    made = [instantiate(c) for c in (callbacks or {}).values() if c is not None]
+    made = [_instantiate(f"callbacks.{k}", c) for k, c in (callbacks or {}).items() if c is not None]
     for cb in made:
         if isinstance(cb, pl.callbacks.ModelCheckpoint):
             cb.dirpath = str(run_dir / "checkpoints")
-    logs = [instantiate(c, save_dir=str(run_dir)) for c in (loggers or {}).values() if c is not None]
+    logs = [_instantiate(f"logger.{k}", c, save_dir=str(run_dir)) for k, c in (loggers or {}).items() if c is not None]
     kwargs = dict(default_root_dir=str(run_dir), callbacks=made, logger=logs or False, plugins=plugins)
     if precision is not None:
         kwargs["precision"] = precision
-    return instantiate(trainer, **kwargs)
+    return _instantiate("trainer", trainer, **kwargs)
+
+
+def _instantiate(key: str, node: DictConfig, **kwargs):
+    """A Lightning object from its ``_target_`` node; a constructor that refuses its arguments is a ConfigError
+    naming the group (e.g. ``trainer.devices=abc``)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        first = (str(cause).splitlines() or [type(cause).__name__])[0].strip("'\" ")
+        raise ConfigError(
+            key, node.get("_target_"), f"arguments its target accepts ({type(cause).__name__}: {first})"
+        ) from None
 
 
 def build_module(
@@ -107,13 +121,15 @@ def build_module(
     resume_from: str | None = None,
     pruned_checkpoint: str | None = None,
     pretrained: str | None = None,
+    pretrained_strict: bool = True,
+    dataset: DatasetConfig | None = None,
 ) -> DetectNetModule:
     """The module to train: with ``pruned_checkpoint`` the pruned architecture and its weights (TLT's
     ``load_graph: true``); when resuming, the architecture of the checkpoint resumed from (which a pruning
     callback may have shrunk); else fresh, filled from ``pretrained`` weights if given."""
     if resume_from:
         plan = checkpoint.read_spec(resume_from, "training.resume").channel_plan
-        return DetectNetModule(spec.replace(channel_plan=plan), training, rasterizer, cost)
+        return DetectNetModule(spec.replace(channel_plan=plan), training, rasterizer, cost, dataset)
     if pruned_checkpoint:
         pruned = checkpoint.load(pruned_checkpoint, key="model.pruned_checkpoint")
         if not pruned.spec.channel_plan:
@@ -126,7 +142,9 @@ def build_module(
                 list(spec.classes),
                 f"the pruned checkpoint's classes in the same order: {', '.join(pruned.spec.classes)}",
             )
-        module = DetectNetModule(spec.replace(channel_plan=pruned.spec.channel_plan), training, rasterizer, cost)
+        module = DetectNetModule(
+            spec.replace(channel_plan=pruned.spec.channel_plan), training, rasterizer, cost, dataset
+        )
         module.model.load_state_dict(pruned.network.state_dict())
         log.info(
             "retraining the pruned model of %s (%d parameters)",
@@ -134,9 +152,9 @@ def build_module(
             sum(p.numel() for p in module.model.parameters()),
         )
         return module
-    module = DetectNetModule(spec, training, rasterizer, cost)
+    module = DetectNetModule(spec, training, rasterizer, cost, dataset)
     if pretrained:
-        load_pretrained(module.model, pretrained, list(spec.classes))
+        load_pretrained(module.model, pretrained, list(spec.classes), strict=pretrained_strict)
     return module
 
 
@@ -155,7 +173,12 @@ def training_spec(cfg: DictConfig) -> DetectorSpec:
 def module_from_config(cfg: DictConfig, **kwargs) -> DetectNetModule:
     """:func:`build_module` with every setting from a composed training config."""
     return build_module(
-        training_spec(cfg), typed(cfg, "training"), typed(cfg, "rasterizer"), typed(cfg, "cost"), **kwargs
+        training_spec(cfg),
+        typed(cfg, "training"),
+        typed(cfg, "rasterizer"),
+        typed(cfg, "cost"),
+        dataset=typed(cfg, "dataset"),
+        **kwargs,
     )
 
 
@@ -169,6 +192,17 @@ def write_augmented_samples(dm: DetectionDataModule, classes: list[str], count: 
         with atomic_path(folder / f"sample_{i:03d}.png") as tmp:
             image.save(tmp, format="PNG")
     log.info("wrote %d augmented samples to %s", min(count, len(dm.train_set)), folder)
+
+
+def fit(trainer: pl.Trainer, module: DetectNetModule, dm: DetectionDataModule, ckpt_path: str | None) -> None:
+    """``trainer.fit``; Lightning turns Ctrl-C into ``exit(1)`` after its graceful shutdown: it is Ctrl-C again here,
+    so the command line says so (exit status 130) instead of failing silently."""
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
 
 
 def finish_wandb(trainer: pl.Trainer) -> None:

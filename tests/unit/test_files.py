@@ -1,0 +1,105 @@
+"""Files as the toolkit writes and reads them: modes that follow the umask, images of every PNG flavour."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from transferdet.data.loader import load_rgb
+from transferdet.errors import ConfigError, DataError
+from transferdet.utils.io import atomic_dir, atomic_path, check_replaceable, resolved, write_text_atomic
+
+
+def test_artefacts_get_the_modes_the_umask_gives_not_private_ones(tmp_path):
+    old = os.umask(0o022)
+    try:
+        import importlib
+
+        import transferdet.utils.io as io
+
+        importlib.reload(io)  # the umask is read when the module loads
+        io.write_text_atomic(tmp_path / "a.txt", "x")
+        with io.atomic_dir(tmp_path / "d") as d:
+            (d / "f").write_text("y")
+        with io.atomic_path(tmp_path / "model.bin") as tmp:
+            tmp.write_bytes(b"z")
+    finally:
+        os.umask(old)
+        importlib.reload(io)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "model.bin").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+def test_a_failed_write_leaves_nothing_and_the_old_file_stays(tmp_path):
+    write_text_atomic(tmp_path / "a.txt", "old")
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "a.txt") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash")
+    assert (tmp_path / "a.txt").read_text() == "old" and sorted(os.listdir(tmp_path)) == ["a.txt"]
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "d") as d:
+        (d / "f").write_text("half")
+        raise RuntimeError("crash")
+    assert sorted(os.listdir(tmp_path)) == ["a.txt"]
+
+
+def test_only_an_own_folder_may_be_replaced(tmp_path):
+    check_replaceable(tmp_path / "absent", "k", lambda f: False, "x")
+    (tmp_path / "empty").mkdir()
+    check_replaceable(tmp_path / "empty", "k", lambda f: False, "x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "thesis.tex").write_text("years")
+    check_replaceable(tmp_path / "full", "k", lambda f: True, "x")
+    with pytest.raises(ConfigError, match="config key 'k'.*is left untouched"):
+        check_replaceable(tmp_path / "full", "k", lambda f: False, "x")
+
+
+def test_a_symlink_loop_is_a_config_error(tmp_path):
+    os.symlink(tmp_path / "loop", tmp_path / "loop")
+    with pytest.raises(ConfigError, match="config key 'dataset.root'.*symbolic-link loop"):
+        resolved(tmp_path / "loop" / "x", "dataset.root")
+
+
+def _png16(path, pixels: np.ndarray) -> None:
+    import struct
+    import zlib
+
+    h, w = pixels.shape[:2]
+    rgb = pixels.ndim == 3
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2 if rgb else 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("rgb", [False, True], ids=["grey", "rgb"])
+def test_16_bit_pngs_are_scaled_not_clipped(tmp_path, rgb):
+    value = np.array([[0, 257 * 64, 257 * 128, 65535]], np.uint16)
+    _png16(tmp_path / "x.png", np.stack([value] * 3, -1) if rgb else value)
+    image = load_rgb(tmp_path / "x.png")
+    assert image.dtype == np.uint8 and image.shape == (1, 4, 3)
+    assert image[0, :, 0].tolist() == [0, 64, 128, 255]  # (8-bit would read 0, 255, 255, 255 clipped)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "1", "CMYK", "I;16"])
+def test_every_pil_mode_decodes_to_rgb(tmp_path, mode):
+    Image.new("RGB", (8, 4), (200, 100, 50)).convert(mode).save(
+        tmp_path / "x.png" if mode != "CMYK" else tmp_path / "x.jpg"
+    )
+    image = load_rgb(tmp_path / ("x.png" if mode != "CMYK" else "x.jpg"))
+    assert image.shape == (4, 8, 3) and image.dtype == np.uint8
+
+
+def test_a_decompression_bomb_is_refused_by_name(tmp_path):
+    Image.new("1", (20000, 20000)).save(tmp_path / "bomb.png")
+    with pytest.raises(DataError, match="bomb.png: refused"):
+        load_rgb(tmp_path / "bomb.png")
