@@ -25,6 +25,7 @@ from PIL import Image
 
 from tests.conftest import SMALL, run_cli
 from transferdet.detector.checkpoint import CHECKSUM_KEY, checksum
+from transferdet.inference.tensorrt import tensorrt_unavailable
 
 SEQ_BAD_JSON, SEQ_UNKNOWN_FRAME = '{"s": [1,]}', '{"s": ["9"]}'
 GOOD = "car 0.00 0 0.00 10.00 5.00 30.00 20.00 1.5 1.6 4.0 1.0 1.65 20.0 0.00"
@@ -192,6 +193,7 @@ class Case:
 
 
 CASES: dict[str, Case] = {}
+NO_TENSORRT = tensorrt_unavailable()
 
 
 def case(
@@ -618,12 +620,15 @@ case(
     "config key 'runtime' has value 'openvino'",
     "torch, onnxruntime, tensorrt",
 )
-case(
+case(  # without TensorRT or a GPU the runtime is missing; with them, a .ckpt is the wrong file for it
     "tensorrt-here",
     "evaluate",
     lambda t, a: [f"checkpoint={a['ckpt']}", "runtime=tensorrt"],
-    "config key 'runtime' has value 'tensorrt'",
-    "needs an NVIDIA GPU",
+    *(
+        ("config key 'runtime' has value 'tensorrt'", NO_TENSORRT.split(":")[0])
+        if NO_TENSORRT
+        else ("config key 'checkpoint'", "runtime=tensorrt")
+    ),
 )
 case("no-model-no-files", "evaluate", lambda t, a: [], "config key 'checkpoint'", "predictions=DIR")
 case(
@@ -872,6 +877,27 @@ case(
 )
 case("negative-map-drop", "export", EXP("export.max_map_drop=-1"), "config key 'export.max_map_drop'")
 case(
+    "tensorrt-11-cache",
+    "export",
+    EXP("export.data_type=int8", "export.tensorrt_version=11.0.0"),
+    "config key 'export.tensorrt_version' has value '11.0.0'",
+    "TensorRT 11 no longer reads calibration caches",
+)
+case(
+    "tensorrt-version-not-a-version",
+    "export",
+    EXP("export.tensorrt_version=latest"),
+    "config key 'export.tensorrt_version' has value 'latest'",
+    "like 10.13.0",
+)
+case(
+    "deepstream-video-missing",
+    "export",
+    EXP("export.deepstream_video=/nonexistent/road.mp4"),
+    "config key 'export.deepstream_video' has value '/nonexistent/road.mp4'",
+    "an existing video file or a URI",
+)
+case(
     "unknown-calibration-method",
     "export",
     EXP("calibration.calibration_method=kl"),
@@ -894,6 +920,21 @@ case(
     "an existing transferdet checkpoint file",
 )
 case("no-models", "benchmark", lambda t, a: [], "config key 'benchmark.models'", "a map name -> checkpoint")
+if NO_TENSORRT:
+    case(
+        "tensorrt-runtime-here",
+        "benchmark",
+        lambda t, a: [f"benchmark.models={{m: {a['ckpt']}}}", "benchmark.runtimes=[torch,tensorrt]"],
+        "config key 'benchmark.runtimes' has value 'tensorrt'",
+        NO_TENSORRT.split(":")[0],
+    )
+case(
+    "unknown-benchmark-runtime",
+    "benchmark",
+    lambda t, a: [f"benchmark.models={{m: {a['ckpt']}}}", "benchmark.runtimes=[openvino]"],
+    "config key 'benchmark.runtimes",
+    "torch, onnxruntime, tensorrt",
+)
 case(
     "exported-not-a-folder",
     "benchmark",

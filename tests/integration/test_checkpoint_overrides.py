@@ -69,7 +69,7 @@ def test_six_tasks_apply_and_record_the_same_override(trained, tmp_path, cli):
     dims = onnx.load(str(tmp_path / "export" / "model_fp32.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims[1:]] == [3, 64, WIDTH]
     assert checkpoint.read_onnx_spec(tmp_path / "export" / "model_fp32.onnx").width == WIDTH
-    dims = onnx.load(str(tmp_path / "benchmark" / "m_fp32.onnx")).graph.input[0].type.tensor_type.shape.dim
+    dims = onnx.load(str(tmp_path / "benchmark" / "m_model_fp32.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims[1:]] == [3, 64, WIDTH]
 
 

@@ -186,7 +186,9 @@ def test_export_then_onnxruntime_infer_matches_torch(trained, tmp_path, cli):
     out = tmp_path / "export"
     for name in (
         "model_fp32.onnx",
-        "model_int8.onnx",
+        "model_int8_onnxruntime.onnx",
+        "model_int8_qdq.onnx",
+        "deepstream_app_config.txt",
         "calibration.cache",
         "nvinfer_config.txt",
         "labels.txt",

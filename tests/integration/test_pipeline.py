@@ -132,11 +132,11 @@ def test_report_has_every_section_and_picture(resumed):
     # one INT8 model, one INT8 mAP: the benchmark timed and scored the file the export stage wrote
     rows = json.loads((run_dir / "11_benchmark" / "benchmark.json").read_text())["rows"]
     int8 = [x for x in rows if (x["model"], x["runtime"], x["precision"]) == ("pruned", "onnxruntime", "int8")]
-    assert int8 and all(x["file"] == str(run_dir / "09_export" / "model_int8.onnx") for x in int8)
+    assert int8 and all(x["file"] == str(run_dir / "09_export" / "model_int8_onnxruntime.onnx") for x in int8)
     assert all(x["mAP"] == evaluated["mAP"] for x in int8)
     assert "| pruned | onnxruntime | int8 | 1 |" in report and f"{evaluated['mAP']:.4f}" in report
     assert "| 6 | retrain | complete |" in report
-    assert (run_dir / "09_export" / "model_int8.onnx").is_file() and (
+    assert (run_dir / "09_export" / "model_int8_onnxruntime.onnx").is_file() and (
         run_dir / "09_export" / "calibration.cache"
     ).is_file()
 

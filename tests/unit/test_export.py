@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import configparser
-import importlib.util
 import math
 import struct
 
@@ -18,11 +17,18 @@ from transferdet.config.schema import (
     PostprocessingClassConfig,
     PostprocessingConfig,
 )
+from transferdet.errors import ConfigError, DataError
 from transferdet.export.deepstream import write_deepstream
 from transferdet.export.onnx_export import INPUT_NAME, OUTPUT_NAMES, deployable, export_onnx
-from transferdet.export.quantize import activation_ranges, calibration_ranges, quantize_int8
-from transferdet.export.tensorrt_cache import read_cache, write_cache
-from transferdet.export.tensorrt_engine import build_engine
+from transferdet.export.quantize import quantize_int8
+from transferdet.export.tensorrt_cache import (
+    calibrated_ranges,
+    header_version,
+    network_tensors,
+    read_cache,
+    write_cache,
+)
+from transferdet.inference.tensorrt import build_engine, onnx_data_type, tensorrt_unavailable
 from transferdet.models import build_detector
 
 H, W = 64, 128
@@ -87,18 +93,38 @@ def test_int8_qdq_model_runs_and_its_ranges_make_a_valid_tensorrt_cache(onnx_fp3
     assert cov.shape == (2, 3, 4, 8) and np.isfinite(cov).all() and np.isfinite(bbox).all()
     assert int8.stat().st_size < 0.4 * onnx_fp32.stat().st_size
 
-    ranges = activation_ranges(int8)
-    cache = write_cache(tmp_path / "calibration.cache", ranges)
+
+def test_calibration_cache_covers_every_float_tensor_of_the_fp32_model(onnx_fp32, tmp_path):
+    images = np.random.default_rng(0).random((16, 3, H, W), dtype=np.float32)
+    ranges = calibrated_ranges(onnx_fp32, images, "minmax", 8)
+    graph = onnx.load(str(onnx_fp32)).graph
+    produced = {o for n in graph.node for o in n.output} | {INPUT_NAME}
+    assert list(ranges) == network_tensors(onnx_fp32) and set(ranges) <= produced
+    assert INPUT_NAME in ranges and all(n.output[0] in ranges for n in graph.node if n.op_type in ("Conv", "Relu"))
+    assert ranges[INPUT_NAME] == pytest.approx(float(images.max()), rel=1e-6)
+    cache = write_cache(tmp_path / "calibration.cache", ranges, "8.6.1")
     lines = cache.read_text().splitlines()
-    assert lines[0] == "TRT-8601-EntropyCalibration2" and len(lines) == len(ranges) + 1 > 10
+    assert lines[0] == "TRT-8601-EntropyCalibration2" and len(lines) == len(ranges) + 1
     for line in lines[1:]:
         name, hexval = line.rsplit(": ", 1)
         scale = struct.unpack(">f", bytes.fromhex(hexval))[0]
         assert name in ranges and math.isfinite(scale) and scale > 0
-        assert scale == pytest.approx(ranges[name] / 127, rel=1e-6)
-    assert read_cache(cache).keys() == ranges.keys()
-    if activations == "uint8":  # what the export task writes the cache from
-        assert calibration_ranges(onnx_fp32, images, "minmax", 8, "uint8") == ranges
+        assert scale == pytest.approx(max(ranges[name], 1e-12) / 127, rel=1e-6)
+    header, scales = read_cache(cache)
+    assert header == lines[0] and scales.keys() == ranges.keys()
+
+
+@pytest.mark.parametrize(
+    ("version", "number"), [("8.6.1", 8601), ("8.5", 8500), ("10.3.0", 100300), ("10.13.0", 101300)]
+)
+def test_cache_header_is_tensorrts_version_number(version, number):
+    assert header_version(version) == number
+
+
+@pytest.mark.parametrize("version", ["11.0.0", "ten", "10", ""])
+def test_cache_header_refuses_what_tensorrt_cannot_read(version):
+    with pytest.raises(ConfigError, match="export.tensorrt_version"):
+        header_version(version)
 
 
 def test_uint8_model_is_operator_format_and_computes_what_the_qdq_model_does(onnx_fp32, tmp_path):
@@ -128,24 +154,34 @@ def test_deepstream_config_parses_and_names_existing_files(onnx_fp32, tmp_path):
     )
     model = tmp_path / "model_fp32.onnx"
     model.write_bytes(onnx_fp32.read_bytes())
-    config, labels = write_deepstream(
+    config, labels, app = write_deepstream(
         tmp_path, onnx_file=model, classes=["car", "pedestrian"], width=W, height=H, data_type="fp32", post=post
     )
     ini = configparser.ConfigParser()
     ini.read(config)
     p = ini["property"]
     assert (tmp_path / p["onnx-file"]).is_file() and (tmp_path / p["labelfile-path"]).is_file()
-    assert p["output-blob-names"].split(";") == list(OUTPUT_NAMES) and p["uff-input-blob-name"] == INPUT_NAME
+    assert p["output-blob-names"].split(";") == list(OUTPUT_NAMES) and "uff-input-blob-name" not in p
     assert p["infer-dims"] == f"3;{H};{W}" and p["network-mode"] == "0" and p["num-detected-classes"] == "2"
+    assert "model-engine-file" not in p and "int8-calib-file" not in p
     assert float(p["net-scale-factor"]) == pytest.approx(1 / 255)
     assert labels.read_text().split() == ["car", "pedestrian"]
     assert {"class-attrs-0", "class-attrs-1"} <= set(ini.sections())
+    assert configparser.ConfigParser().read(app)
 
 
-def test_engine_build_says_what_to_install_without_tensorrt(onnx_fp32, tmp_path):
-    if importlib.util.find_spec("tensorrt") is not None:
-        pytest.skip("TensorRT is installed here")
-    note = build_engine(
-        onnx_fp32, tmp_path / "model.engine", data_type="fp16", height=H, width=W, max_batch_size=4, workspace=1 << 30
-    )
-    assert "TensorRT is not installed" in note and "trtexec" in note and not (tmp_path / "model.engine").exists()
+def test_onnx_data_type_tells_what_tensorrt_builds(onnx_fp32, tmp_path):
+    images = np.random.default_rng(0).random((8, 3, H, W), dtype=np.float32)
+    qdq = quantize_int8(onnx_fp32, tmp_path / "qdq.onnx", images, "minmax", 8, "int8", "qdq")
+    qop = quantize_int8(onnx_fp32, tmp_path / "qop.onnx", images, "minmax", 8, "uint8", "qoperator")
+    assert onnx_data_type(onnx_fp32) == "fp32" and onnx_data_type(qdq) == "int8"
+    with pytest.raises(DataError, match="ONNX Runtime's own operators"):
+        onnx_data_type(qop)
+
+
+@pytest.mark.skipif(tensorrt_unavailable() is None, reason="TensorRT and a GPU are here")
+def test_engine_build_says_what_is_missing(onnx_fp32, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        build_engine(onnx_fp32, height=H, width=W, max_batch_size=4, out=tmp_path / "model.engine")
+    assert str(err.value).count("\n") == 0 and "trtexec" in str(err.value)
+    assert not (tmp_path / "model.engine").exists()

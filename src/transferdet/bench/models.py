@@ -1,6 +1,8 @@
 """The ``benchmark`` task's measurements: every model x runtime x precision x batch size, in one run.
 
-Each model (a checkpoint) runs as PyTorch fp32 (and fp16 on a CUDA GPU) and as ONNX Runtime fp32 and int8.
+Each model (a checkpoint) runs as PyTorch fp32 (and fp16 on a CUDA GPU) and, for each of
+``benchmark.runtimes``, as ONNX Runtime fp32 and int8 (its own INT8 model) and TensorRT fp32 and int8 (the QDQ
+model; where TensorRT and a GPU exist).
 The ONNX models are the ones ``transferdet export`` wrote for that model (``benchmark.exported``), so a
 report shows one INT8 model and one INT8 mAP; a model without an export is exported here with the same
 export and calibration settings. Two timings per row, in the same run:
@@ -31,13 +33,15 @@ from transferdet.data.converted import ConvertedDataset
 from transferdet.detector import checkpoint
 from transferdet.errors import ConfigError, DataError
 from transferdet.export.calibration import calibration_images
-from transferdet.export.exporter import export_fp32, quantized
+from transferdet.export.exporter import ONNX_FILES, export_fp32, quantized, quantized_qdq
 from transferdet.inference.backends import threads_per_worker
 from transferdet.inference.evaluate import evaluate_predictor
 from transferdet.inference.predictor import Predictor
+from transferdet.inference.tensorrt import require_tensorrt
 from transferdet.utils.plots import figure, save_figure
 
 log = logging.getLogger(__name__)
+TENSORRT_MODEL = {"int8": "int8_qdq"}  # the exported model TensorRT runs for a precision (others: the same)
 
 
 @dataclass(frozen=True)
@@ -118,8 +122,15 @@ def variants(
     if torch.cuda.is_available():  # on a GPU PyTorch also runs fp16 (channels_last, CUDA graphs)
         rows.append(Variant(name, Runtime.torch, "fp16", Path(path)))
     wanted = [p.value for p in settings.precisions if p in (DataType.fp32, DataType.int8)]
+    # ONNX Runtime runs its own INT8 model, TensorRT the portable QDQ one
+    keys = {
+        Runtime.onnxruntime: {p: p for p in wanted},
+        Runtime.tensorrt: {p: TENSORRT_MODEL.get(p, p) for p in wanted},
+    }
+    runtimes = [r for r in (Runtime.onnxruntime, Runtime.tensorrt) if r in settings.runtimes]
+    needed = list(dict.fromkeys(k for r in runtimes for k in keys[r].values()))
     loaded = checkpoint.load(path, overrides)
-    files = {p: Path(exported) / f"model_{p}.onnx" for p in wanted} if exported else {}
+    files = {k: Path(exported) / ONNX_FILES[k] for k in needed} if exported else {}
     missing = [f for f in files.values() if not f.is_file()]
     if missing:
         raise DataError(
@@ -129,17 +140,21 @@ def variants(
         )
     size = (loaded.spec.width, loaded.spec.height)
     if files:
-        exported_spec = checkpoint.read_onnx_spec(files[wanted[0]])
+        exported_spec = checkpoint.read_onnx_spec(files[needed[0]])
         if (exported_spec.width, exported_spec.height) != size:
             log.info("%s: the exported models are not %dx%d: exporting at that size for the benchmark", name, *size)
             files = {}
-    if not files and wanted:
-        fp32 = export_fp32(loaded.spec, loaded.network, work / f"{name}_fp32.onnx")
+    if not files and needed:
+        fp32 = export_fp32(loaded.spec, loaded.network, work / f"{name}_{ONNX_FILES['fp32']}")
         files["fp32"] = fp32
-        if "int8" in wanted:
+        images = None
+        if any(k.startswith("int8") for k in needed):
             images = calibration_images(converted, loaded.spec.preprocessing, c.batches * c.batch_size)
-            files["int8"] = quantized(loaded.spec, fp32, work / f"{name}_int8.onnx", images, c, e)
-    rows += [Variant(name, Runtime.onnxruntime, p, files[p]) for p in wanted]
+        if "int8" in needed:
+            files["int8"] = quantized(loaded.spec, fp32, work / f"{name}_{ONNX_FILES['int8']}", images, c, e)
+        if "int8_qdq" in needed:
+            files["int8_qdq"] = quantized_qdq(loaded.spec, fp32, work / f"{name}_{ONNX_FILES['int8_qdq']}", images, c)
+    rows += [Variant(name, r, p, files[keys[r][p]]) for r in runtimes for p in wanted]
     return rows
 
 
@@ -151,6 +166,8 @@ def check_models(settings: BenchmarkSettings) -> dict[str, str]:
     for name, path in settings.models.items():
         if not Path(path).is_file():
             raise ConfigError(f"benchmark.models.{name}", path, "an existing transferdet checkpoint file")
+    if Runtime.tensorrt in settings.runtimes:
+        require_tensorrt("benchmark.runtimes")
     for name, path in (settings.exported or {}).items():
         if name not in settings.models or not Path(path).is_dir():
             raise ConfigError(

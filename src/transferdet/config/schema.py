@@ -403,10 +403,12 @@ class ExportConfig:
     max_map_drop: float = 1.0  # points of mAP an exported precision may lose against PyTorch fp32
     parity_images: int = 32  # validation images for the output comparison
     engine: bool = True  # build a TensorRT engine where TensorRT and a GPU exist
-    # INT8 activations: uint8 (asymmetric: the most accurate in ONNX Runtime, post-ReLU tensors keep all
-    # 8 bits; an operator-format model, the fastest there; DeepStream/TensorRT get the fp32 ONNX +
-    # calibration cache) or int8 (symmetric, a QDQ model: TensorRT explicit quantization)
+    # activations of the ONNX Runtime INT8 model (model_int8_onnxruntime.onnx): uint8 (asymmetric: post-ReLU
+    # tensors keep all 8 bits) or int8; the portable QDQ model (model_int8_qdq.onnx) is always symmetric int8
     int8_activations: Int8Activations = Int8Activations.uint8
+    tensorrt_version: str = "10.13.0"  # the TensorRT the calibration cache is written for (8.x to 10.x)
+    triton: bool = False  # also a Triton Inference Server model repository (triton/)
+    deepstream_video: Optional[str] = None  # the video deepstream_app_config.txt runs (default: DeepStream's sample)
 
 
 # --------------------------------------------------------------------------- pruning (task block)

@@ -86,6 +86,7 @@ class BenchmarkSettings:
     # name -> the run directory of `transferdet export` of that model: its ONNX files are timed as they are
     exported: dict[str, str] | None = None
     precisions: list[DataType] = field(default_factory=lambda: [DataType.fp32, DataType.int8])
+    runtimes: list[Runtime] = field(default_factory=lambda: [Runtime.torch, Runtime.onnxruntime])
     batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     gpu_batch_sizes: list[int] = field(default_factory=lambda: [16, 64])
     repeats: int = 10

@@ -274,7 +274,7 @@ def write_onnx_spec(path: str | Path, spec: DetectorSpec, dataset: Mapping[str, 
         onnx.save(model, str(tmp))
 
 
-def _onnx_metadata(path: str | Path) -> dict[str, str]:
+def _onnx_metadata(path: str | Path, runtime: str = "onnxruntime") -> dict[str, str]:
     """The metadata of an exported DetectNet_v2 ONNX model (checked: a readable model with one input, input_1)."""
     import onnx
 
@@ -283,8 +283,8 @@ def _onnx_metadata(path: str | Path) -> dict[str, str]:
         raise ConfigError(
             "checkpoint",
             str(path),
-            "an existing .onnx file written by `transferdet export` with "
-            "runtime=onnxruntime (runtime=torch runs .ckpt checkpoints)",
+            f"an existing .onnx file written by `transferdet export` with "
+            f"runtime={runtime} (runtime=torch runs .ckpt checkpoints)",
         )
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -303,9 +303,11 @@ def _json_entry(meta: Mapping[str, str], key: str, path: str | Path) -> Any:
         raise DataError(path, f"the ONNX metadata entry {key} is not valid JSON ({err.msg})") from None
 
 
-def read_onnx_spec(path: str | Path, overrides: DetectorOverrides | None = None) -> DetectorSpec:
+def read_onnx_spec(
+    path: str | Path, overrides: DetectorOverrides | None = None, runtime: str = "onnxruntime"
+) -> DetectorSpec:
     """The spec an exported ONNX model carries (no network is built); every failure names the file."""
-    meta = _onnx_metadata(path)
+    meta = _onnx_metadata(path, runtime)
     try:
         if ONNX_SPEC_KEY in meta:
             spec = DetectorSpec.from_dict(_json_entry(meta, ONNX_SPEC_KEY, path))

@@ -1,10 +1,14 @@
 """The artefacts of ``transferdet export``: which files a data type gives, and what each consumer gets.
 
-* ``model_fp32.onnx`` always, and ``model_fp16.onnx`` or ``model_int8.onnx`` for those data types (ONNX
-  Runtime static quantization: operator format with uint8 activations, QDQ with int8); every model carries
-  its spec as metadata, so ``infer``/``evaluate`` run it with ``runtime=onnxruntime`` and nothing else;
-* ``calibration.cache`` (TensorRT text format) for int8;
-* ``nvinfer_config.txt`` and ``labels.txt`` for DeepStream, ``model.engine`` where TensorRT and a GPU exist.
+* ``model_fp32.onnx`` always; ``model_fp16.onnx`` for fp16; for int8 ``model_int8_onnxruntime.onnx`` (ONNX
+  Runtime's own operator format: its fastest and most accurate INT8 there, for ONNX Runtime only) and
+  ``model_int8_qdq.onnx`` (standard QuantizeLinear/DequantizeLinear operators: TensorRT explicit quantization,
+  OpenCV and any other ONNX consumer), plus ``calibration.cache`` for TensorRT from ``model_fp32.onnx``;
+  every model carries its spec as metadata, so ``infer``/``evaluate`` run it with nothing else;
+* ``model.engine`` where TensorRT and a GPU exist (for int8: from the fp32 model and the cache, as DeepStream
+  builds it);
+* DeepStream: ``nvinfer_config.txt``, ``labels.txt``, ``deepstream_app_config.txt``;
+* with ``export.triton=true``, a Triton model repository (``triton/``).
 """
 
 from __future__ import annotations
@@ -20,25 +24,42 @@ import onnx
 from onnxruntime.transformers.float16 import convert_float_to_float16
 from torch import nn
 
-from transferdet.config.schema import CalibrationConfig, DataType, ExportConfig, Int8Activations
+from transferdet.config.schema import CalibrationConfig, DataType, ExportConfig
 from transferdet.detector import checkpoint
 from transferdet.detector.spec import DetectorSpec
-from transferdet.export.deepstream import write_deepstream
+from transferdet.errors import ConfigError
+from transferdet.export.deepstream import APP_CONFIG, write_deepstream
 from transferdet.export.onnx_export import export_onnx
-from transferdet.export.quantize import activation_ranges, calibration_ranges, quantize_int8
-from transferdet.export.tensorrt_cache import write_cache
-from transferdet.export.tensorrt_engine import build_engine
-from transferdet.utils.io import atomic_path
+from transferdet.export.quantize import quantize_int8
+from transferdet.export.tensorrt_cache import calibrated_ranges, header_version, write_cache
+from transferdet.export.triton import write_triton
+from transferdet.inference.tensorrt import build_engine, tensorrt_unavailable
+from transferdet.utils.io import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
+# model -> file: "int8" is ONNX Runtime's model (what runtime=onnxruntime evaluates), "int8_qdq" the portable one
+ONNX_FILES = {
+    "fp32": "model_fp32.onnx",
+    "fp16": "model_fp16.onnx",
+    "int8": "model_int8_onnxruntime.onnx",
+    "int8_qdq": "model_int8_qdq.onnx",
+}
+CACHE_FILE, ENGINE_FILE, COMMANDS_FILE = "calibration.cache", "model.engine", "DEPLOY.md"
 
 
 @dataclass
 class Exported:
-    models: dict[str, Path]  # precision -> ONNX model: "fp32" always, and "fp16" or "int8"
-    deployed: Path  # the model DeepStream / TensorRT build their engine from
+    models: dict[str, Path]  # model (a key of ONNX_FILES) -> ONNX file: "fp32" always, "fp16", or both int8 ones
+    deployed: Path  # the model DeepStream / TensorRT build their engine from (with the cache for int8)
     cache: Path | None  # TensorRT calibration cache (int8)
+    engine: Path | None  # the TensorRT engine, where one was built
     engine_note: str | None  # why no TensorRT engine was built; None = built
+    files: list[Path]  # every file written
+
+    @property
+    def portable(self) -> Path:
+        """The model other ONNX consumers and Triton get: standard operators only."""
+        return self.models.get("int8_qdq") or self.models.get("fp16") or self.models["fp32"]
 
 
 def to_fp16(fp32: Path, out: Path) -> Path:
@@ -65,10 +86,87 @@ def quantized(
     e: ExportConfig,
     dataset: Mapping[str, Any] | None = None,
 ) -> Path:
-    """The INT8 model of an fp32 export, calibrated on ``images`` with the calibration settings."""
-    quantize_int8(fp32, path, images, c.calibration_method.value, c.batch_size, e.int8_activations.value)
+    """ONNX Runtime's INT8 model of an fp32 export (operator format, ``export.int8_activations``), calibrated on
+    ``images`` with the calibration settings."""
+    method = c.calibration_method.value
+    quantize_int8(fp32, path, images, method, c.batch_size, e.int8_activations.value, "qoperator")
     checkpoint.write_onnx_spec(path, spec, dataset)
     return path
+
+
+def quantized_qdq(
+    spec: DetectorSpec,
+    fp32: Path,
+    path: Path,
+    images: np.ndarray,
+    c: CalibrationConfig,
+    dataset: Mapping[str, Any] | None = None,
+) -> Path:
+    """The portable INT8 model of an fp32 export: QDQ, symmetric int8 activations and weights."""
+    quantize_int8(fp32, path, images, c.calibration_method.value, c.batch_size, "int8", "qdq")
+    checkpoint.write_onnx_spec(path, spec, dataset)
+    return path
+
+
+def deployment_commands(spec: DetectorSpec, e: ExportConfig, exported: Exported) -> str:
+    """The commands that take this export to TensorRT, DeepStream and Triton (docs/deployment.md explains)."""
+    shape = f"3x{spec.height}x{spec.width}"
+    shapes = f"--minShapes=input_1:1x{shape} --optShapes=input_1:{e.max_batch_size}x{shape} " + (
+        f"--maxShapes=input_1:{e.max_batch_size}x{shape}"
+    )
+    precision = {"fp32": "", "fp16": " --fp16", "int8": f" --int8 --fp16 --calib={CACHE_FILE}"}[e.data_type.value]
+    lines = [
+        "# Deploying this export",
+        "",
+        "Run these in this folder, on a machine with an NVIDIA GPU (see docs/deployment.md).",
+        "",
+        "```bash",
+        "# TensorRT engine (what DeepStream builds by itself when model-engine-file is missing)",
+        f"trtexec --onnx={exported.deployed.name}{precision} {shapes} --saveEngine={ENGINE_FILE}",
+    ]
+    if "int8_qdq" in exported.models:
+        lines += [
+            "# or INT8 by explicit quantization, from the portable QDQ model (no calibration cache)",
+            f"trtexec --onnx={exported.models['int8_qdq'].name} --int8 --fp16 {shapes} --saveEngine={ENGINE_FILE}",
+        ]
+    lines += [
+        "# the same engine's accuracy and speed with transferdet (it builds the engine from the ONNX model)",
+        f"transferdet evaluate checkpoint=$PWD/{exported.portable.name} runtime=tensorrt",
+        "# DeepStream: a video through nvinfer_config.txt (export.deepstream_video=FILE chooses the video)",
+        f"deepstream-app -c {APP_CONFIG}",
+        "# Triton Inference Server (export.triton=true writes triton/)",
+        "tritonserver --model-repository=$PWD/triton",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def check_settings(e: ExportConfig) -> None:
+    """The export settings the files depend on, checked before anything is written."""
+    header_version(e.tensorrt_version)
+    video = e.deepstream_video
+    if video and "://" not in video and not Path(video).is_file():
+        raise ConfigError("export.deepstream_video", video, "an existing video file or a URI (file://, rtsp://)")
+
+
+def _engine(deployed: Path, out: Path, spec: DetectorSpec, e: ExportConfig, cache: Path | None) -> str | None:
+    """Build ``model.engine`` where TensorRT and a GPU exist; returns why not otherwise."""
+    if not e.engine:
+        return "export.engine=false"
+    reason = tensorrt_unavailable()
+    if reason:
+        return reason
+    build_engine(
+        deployed,
+        height=spec.height,
+        width=spec.width,
+        max_batch_size=e.max_batch_size,
+        workspace=e.max_workspace_size,
+        calibration_cache=cache,
+        out=out,
+    )
+    return None
 
 
 def export_models(
@@ -82,27 +180,26 @@ def export_models(
 ) -> Exported:
     """Every artefact of ``e.data_type`` into ``out``; ``images``: the calibration tensors (int8 only);
     ``dataset``: the settings of the dataset the model was trained on, recorded in every ONNX model."""
-    fp32 = export_fp32(spec, network, out / "model_fp32.onnx", dataset)
+    fp32 = export_fp32(spec, network, out / ONNX_FILES["fp32"], dataset)
     models, cache = {"fp32": fp32}, None
     if e.data_type is DataType.fp16:
-        models["fp16"] = to_fp16(fp32, out / "model_fp16.onnx")
+        models["fp16"] = to_fp16(fp32, out / ONNX_FILES["fp16"])
         checkpoint.write_onnx_spec(models["fp16"], spec, dataset)
     elif e.data_type is DataType.int8:
         assert images is not None, "int8 needs calibration images"
-        models["int8"] = quantized(spec, fp32, out / "model_int8.onnx", images, c, e, dataset)
-        # the cache holds ranges by the fp32 model's tensor names: a QDQ model has them as they are, the
-        # operator-format ONNX Runtime model (uint8) has fused some away, so its ranges come from a QDQ pass
-        ranges = (
-            activation_ranges(models["int8"])
-            if e.int8_activations is Int8Activations.int8
-            else calibration_ranges(fp32, images, c.calibration_method.value, c.batch_size, e.int8_activations.value)
-        )
-        cache = write_cache(out / "calibration.cache", ranges)
-    # what DeepStream / TensorRT get: the uint8-activation model is for ONNX Runtime only, so TensorRT builds
-    # INT8 from the fp32 model and the calibration cache (TLT's way)
-    uint8 = e.data_type is DataType.int8 and e.int8_activations is Int8Activations.uint8
-    deployed = fp32 if uint8 else models[e.data_type.value]
-    write_deepstream(
+        models["int8"] = quantized(spec, fp32, out / ONNX_FILES["int8"], images, c, e, dataset)
+        models["int8_qdq"] = quantized_qdq(spec, fp32, out / ONNX_FILES["int8_qdq"], images, c, dataset)
+        ranges = calibrated_ranges(fp32, images, c.calibration_method.value, c.batch_size)
+        cache = write_cache(out / CACHE_FILE, ranges, e.tensorrt_version)
+    # TensorRT and DeepStream build INT8 from the fp32 model and its calibration cache (TLT's way)
+    deployed = models.get("fp16", fp32)
+    engine_path = out / ENGINE_FILE
+    note = _engine(deployed, engine_path, spec, e, cache)
+    if note:
+        log.warning("TensorRT engine not built: %s", note)
+    engine = None if note else engine_path
+    files = [*models.values(), *([cache] if cache else []), *([engine] if engine else [])]
+    files += write_deepstream(
         out,
         onnx_file=deployed,
         classes=spec.classes,
@@ -110,27 +207,15 @@ def export_models(
         height=spec.height,
         data_type=e.data_type.value,
         post=spec.postprocessing,
+        resize=spec.preprocessing.resize,
         calibration_cache=cache,
+        engine_file=engine,
         max_batch_size=e.max_batch_size,
+        video=e.deepstream_video,
     )
-    if not e.engine:
-        note: str | None = "export.engine=false"
-    elif uint8:
-        note = (
-            f"an INT8 engine from {fp32.name} needs its calibration cache: trtexec --onnx={fp32.name} --int8 "
-            f"--calib={cache.name if cache else 'calibration.cache'} --saveEngine=model.engine, or export with "
-            "export.int8_activations=int8 (a QDQ model TensorRT builds directly)"
-        )
-    else:
-        note = build_engine(
-            deployed,
-            out / "model.engine",
-            data_type=e.data_type.value,
-            height=spec.height,
-            width=spec.width,
-            max_batch_size=e.max_batch_size,
-            workspace=e.max_workspace_size,
-        )
-    if note:
-        log.warning("TensorRT engine not built: %s", note)
-    return Exported(models, deployed, cache, note)
+    exported = Exported(models, deployed, cache, engine, note, files)
+    if e.triton:
+        files.append(write_triton(out, exported.portable, max_batch_size=e.max_batch_size, engine=engine))
+    write_text_atomic(out / COMMANDS_FILE, deployment_commands(spec, e, exported))
+    files.append(out / COMMANDS_FILE)
+    return exported

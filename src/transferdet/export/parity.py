@@ -1,9 +1,11 @@
 """Is the exported model the trained one? Output parity on validation images, and the mAP gate.
 
 ``parity.json``: the largest |PyTorch - ONNX Runtime| of the fp32 model's outputs, and the validation mAP
-(and AP per class) of PyTorch and of every exported precision. An exported precision that loses more than
-``export.max_map_drop`` points of mAP against PyTorch fails the export with the AP change of every class;
-its files stay, for inspection.
+(and AP per class) of PyTorch and of every exported model in ONNX Runtime. A model ONNX Runtime is meant to
+run (fp32, fp16, ``int8``) that loses more than ``export.max_map_drop`` points of mAP against PyTorch fails
+the export with the AP change of every class; the files stay, for inspection. The portable QDQ model
+(``int8_qdq``) is measured the same way but only warned about: its consumers (TensorRT) compute INT8
+differently from ONNX Runtime's CPU kernels, and its figure here is ONNX Runtime's.
 """
 
 from __future__ import annotations
@@ -44,8 +46,14 @@ def output_parity(network: nn.Module, onnx_path: Path, images: np.ndarray) -> di
     return {"cov": float(np.abs(a[0] - b[0]).max()), "bbox": float(np.abs(a[1] - b[1]).max())}
 
 
-def map_drops(results: dict[str, EvaluationResult], classes: list[str], max_drop: float) -> tuple[dict, list[str]]:
-    """mAP and AP per class of each result ("torch" is the reference); the failures of the gate, if any."""
+UNGATED = ("int8_qdq",)
+
+
+def map_drops(
+    results: dict[str, EvaluationResult], classes: list[str], max_drop: float, ungated: tuple[str, ...] = UNGATED
+) -> tuple[dict, list[str]]:
+    """mAP and AP per class of each result ("torch" is the reference); the failures of the gate, if any (a
+    model of ``ungated`` past the gate is a warning)."""
     report = {
         "mAP": {k: r.mean_ap() for k, r in results.items()},
         "AP": {k: {c: r.ap(c) for c in classes} for k, r in results.items()},
@@ -57,10 +65,14 @@ def map_drops(results: dict[str, EvaluationResult], classes: list[str], max_drop
         drop = 100 * (report["mAP"]["torch"] - report["mAP"][name])
         if drop > max_drop:
             deltas = ", ".join(f"{c} {100 * (report['AP'][name][c] - report['AP']['torch'][c]):+.2f}" for c in classes)
-            failures.append(
+            message = (
                 f"{name} loses {drop:.2f} mAP points (> export.max_map_drop={max_drop:g}); "
                 f"AP change per class, {name} - PyTorch: {deltas}"
             )
+            if name in ungated:
+                log.warning("%s (in ONNX Runtime; check it on its target runtime)", message)
+            else:
+                failures.append(message)
     return report, failures
 
 
@@ -82,7 +94,10 @@ def check_parity(
     results = {name: evaluate_predictor(p, converted_dir).result for name, p in predictors.items()}
     report, failures = map_drops(results, list(spec.classes), max_map_drop)
     report.update(
-        max_abs_diff=diff, engine=exported.engine_note or "built", files={k: v.name for k, v in exported.models.items()}
+        max_abs_diff=diff,
+        engine=exported.engine_note or "built",
+        files={k: v.name for k, v in exported.models.items()},
+        gated=[k for k in exported.models if k not in UNGATED],
     )
     write_json_atomic(out / PARITY_FILE, report)
     log.info(

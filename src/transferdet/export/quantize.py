@@ -1,28 +1,23 @@
 """INT8 post-training static quantization with ONNX Runtime (per-channel weights).
 
-Weights are symmetric signed int8, per output channel. Activations are asymmetric uint8 by default:
-after a ReLU every tensor is >= 0, and a symmetric int8 range wastes its negative half; on a pruned
-ResNet-18 (ratio 0.12) symmetric int8 activations lost 12 mAP points where uint8 lost none.
+Weights are symmetric signed int8, per output channel. Two models of the same calibration:
 
-Two formats of the same quantization:
-
-* ``qoperator`` (QLinearConv, QLinearAdd), the default for uint8 activations, i.e. for ONNX Runtime:
-  the residual adds stay in int8, where the QDQ form of the model dequantizes around them. Measured on
-  the 2-core CPU, pruned ResNet-18 at 1248x384, batch 1: 27 ms against 37 ms for QDQ.
-* ``qdq`` (QuantizeLinear / DequantizeLinear pairs), the default for symmetric int8 activations: TensorRT
-  explicit quantization. Its activation ranges, by the fp32 model's tensor names, give TensorRT's text
-  calibration cache (``calibration_ranges``).
+* ``qoperator`` (QLinearConv, QLinearAdd) with asymmetric uint8 activations, for ONNX Runtime only: after a
+  ReLU every tensor is >= 0, and a symmetric int8 range wastes its negative half (on a pruned ResNet-18,
+  ratio 0.12, symmetric int8 activations lost 12 mAP points where uint8 lost none), and the residual adds stay
+  in int8 (27 against 37 ms for QDQ, pruned ResNet-18 at 1248x384, batch 1, 2-core CPU). It uses ONNX
+  Runtime's own ``com.microsoft`` operators: other ONNX consumers compute something else.
+* ``qdq`` (QuantizeLinear / DequantizeLinear pairs around standard operators) with symmetric int8
+  activations: the portable INT8 model, which TensorRT builds by explicit quantization and other runtimes read.
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from transferdet.export.onnx_export import INPUT_NAME
 from transferdet.utils.io import atomic_path
@@ -31,7 +26,7 @@ METHODS = ("minmax", "entropy", "percentile")
 FORMATS = ("qoperator", "qdq")
 
 
-class _Reader:
+class CalibrationImages:
     """ONNX Runtime's CalibrationDataReader over an array of preprocessed images [N, 3, H, W]."""
 
     def __init__(self, images: np.ndarray, batch_size: int) -> None:
@@ -82,7 +77,7 @@ def quantize_int8(
         quantize_static(
             str(pre),
             str(tmp),
-            _Reader(images.astype(np.float32), batch_size),
+            CalibrationImages(images.astype(np.float32), batch_size),
             quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
             per_channel=True,
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
@@ -92,34 +87,4 @@ def quantize_int8(
         )
         onnx.checker.check_model(onnx.load(str(tmp)))
     out.with_suffix(".pre.onnx").unlink(missing_ok=True)
-    return out
-
-
-def calibration_ranges(
-    fp32_model: Path, images: np.ndarray, method: str = "minmax", batch_size: int = 8, activations: str = "uint8"
-) -> dict[str, float]:
-    """Activation ranges for TensorRT's calibration cache, from a QDQ quantization in a temporary folder."""
-    with tempfile.TemporaryDirectory(prefix="transferdet-calib-") as tmp:
-        qdq = quantize_int8(fp32_model, Path(tmp) / "qdq.onnx", images, method, batch_size, activations, "qdq")
-        return activation_ranges(qdq)
-
-
-def activation_ranges(qdq_model: Path) -> dict[str, float]:
-    """Tensor name -> absolute maximum (scale * 127) of every quantized activation of a QDQ model."""
-    model = onnx.load(str(qdq_model))
-    inits = {i.name: i for i in model.graph.initializer}
-    out = {}
-    for node in model.graph.node:
-        if node.op_type != "QuantizeLinear" or node.input[0] in inits:  # weights are initializers
-            continue
-        scale = numpy_helper.to_array(inits[node.input[1]]) if node.input[1] in inits else None
-        if scale is None or scale.size != 1:
-            continue
-        s = float(scale.reshape(()))
-        zp = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] in inits else None
-        if zp is not None and zp.dtype == np.uint8:  # asymmetric: the range is [(0 - zp) s, (255 - zp) s]
-            z = int(zp.reshape(()))
-            out[node.input[0]] = max(abs(-z * s), abs((255 - z) * s))
-        else:  # symmetric int8
-            out[node.input[0]] = s * 127.0
     return out

@@ -25,6 +25,7 @@ from transferdet.detector import checkpoint
 from transferdet.detector.spec import DetectorSpec
 from transferdet.errors import ConfigError
 from transferdet.inference.backends import Backend, OnnxRuntimeBackend, TorchBackend
+from transferdet.inference.tensorrt import TensorRTBackend, require_tensorrt
 from transferdet.structures import Detections
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ class Predictor:
         threads: int | None = None,
         precision: Precision = Precision.fp32,
     ) -> Predictor:
-        """A predictor for a checkpoint (``torch``) or an exported ONNX model (``onnxruntime``).
+        """A predictor for a checkpoint (``torch``) or an exported ONNX model (``onnxruntime``, or ``tensorrt``
+        where TensorRT and a GPU exist: the engine is built from the model at load).
 
         ``threads``: ONNX Runtime's threads per run (default: one per core); PyTorch's are process-wide
         (``torch.set_num_threads``). ``precision``: the torch runtime's, fp32 or (on a CUDA GPU) fp16.
@@ -82,15 +84,12 @@ class Predictor:
         if runtime is Runtime.torch:
             loaded = checkpoint.load(path, overrides)
             return cls(loaded.spec, TorchBackend(loaded.network, precision))
-        if runtime is Runtime.onnxruntime:
-            spec = checkpoint.read_onnx_spec(path, overrides)
-            return cls(spec, OnnxRuntimeBackend(path, threads))
-        raise ConfigError(
-            "runtime",
-            runtime.value,
-            "torch or onnxruntime on this machine: the tensorrt runtime needs "
-            "an NVIDIA GPU and TensorRT, which this version cannot use yet",
-        )
+        if runtime is Runtime.tensorrt:
+            require_tensorrt()
+        spec = checkpoint.read_onnx_spec(path, overrides, runtime.value)
+        if runtime is Runtime.tensorrt:
+            return cls(spec, TensorRTBackend.from_onnx(path, spec.height, spec.width))
+        return cls(spec, OnnxRuntimeBackend(path, threads))
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """One ``[h, w, 3]`` uint8 RGB image as the network takes it: ``[3, H, W]`` float in [0, 1]."""

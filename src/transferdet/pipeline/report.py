@@ -255,13 +255,14 @@ def write_report(cfg: DictConfig, run_dir: Path, dirs: dict[str, Path], records:
         lines += [
             f"- max |PyTorch - ONNX Runtime fp32| on validation images: coverage {diff.get('cov', float('nan')):.2e},"
             f" bbox {diff.get('bbox', float('nan')):.2e}",
-            "- val mAP by precision: " + ", ".join(f"{k} {_pct(v)}" for k, v in parity.get("mAP", {}).items()),
+            "- val mAP by model (ONNX Runtime; int8 is its own model, int8_qdq the portable one): "
+            + ", ".join(f"{k} {_pct(v)}" for k, v in parity.get("mAP", {}).items()),
             f"- TensorRT engine: {parity.get('engine')}",
             "- files: "
             + ", ".join(f"`{_rel(dirs['export'] / f, run_dir)}`" for f in parity.get("files", {}).values())
             + "".join(
                 f", `{_rel(dirs['export'] / f, run_dir)}`"
-                for f in ("calibration.cache", "nvinfer_config.txt", "labels.txt")
+                for f in ("calibration.cache", "model.engine", "nvinfer_config.txt", "deepstream_app_config.txt")
                 if (dirs["export"] / f).is_file()
             ),
             "",

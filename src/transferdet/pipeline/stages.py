@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from transferdet.errors import ConfigError
+from transferdet.export.exporter import ONNX_FILES
 
 Dirs = dict[str, Path]
 
@@ -147,7 +148,7 @@ STAGES: list[Stage] = [
         "evaluate_int8",
         "evaluate",
         "evaluate the INT8 ONNX model with ONNX Runtime",
-        lambda cfg, d: {"checkpoint": str(d["export"] / "model_int8.onnx"), "runtime": "onnxruntime"},
+        lambda cfg, d: {"checkpoint": str(d["export"] / ONNX_FILES["int8"]), "runtime": "onnxruntime"},
     ),
     Stage(
         "benchmark",

@@ -1,9 +1,10 @@
 """``transferdet export checkpoint=PATH export.data_type=fp32|fp16|int8``.
 
-Writes the ONNX models, the TensorRT calibration cache (int8), the DeepStream config and labels (see
-:mod:`transferdet.export.exporter`), and ``parity.json``: PyTorch vs ONNX Runtime outputs on validation
-images and the mAP of each precision. An exported precision that loses more than ``export.max_map_drop``
-points fails the task; its files stay, for inspection.
+Writes the ONNX models, the TensorRT calibration cache (int8) and engine (where TensorRT exists), the
+DeepStream configs and the Triton repository (``export.triton=true``), see
+:mod:`transferdet.export.exporter`, and ``parity.json``: PyTorch vs ONNX Runtime outputs on validation
+images and the mAP of each model. A model that loses more than ``export.max_map_drop`` points fails the
+task (the portable QDQ model only warns); its files stay, for inspection.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from transferdet.data.prepare import dataset_for_model, ensure_converted
 from transferdet.detector import checkpoint
 from transferdet.errors import ConfigError
 from transferdet.export.calibration import calibration_images, load_calibration_file
-from transferdet.export.exporter import export_models
+from transferdet.export.exporter import check_settings, export_models
 from transferdet.export.parity import check_parity
 from transferdet.utils.rundir import write_config
 
@@ -30,6 +31,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     args, e, c = task_args(cfg, "export"), typed(cfg, "export"), typed(cfg, "calibration")
     if not args.checkpoint:
         raise ConfigError("checkpoint", None, "a transferdet checkpoint file (checkpoint=PATH)")
+    check_settings(e)
     loaded = checkpoint.load(args.checkpoint, DetectorOverrides.from_config(cfg))
     spec = loaded.spec
     write_config(run_dir, cfg, spec.as_config())
