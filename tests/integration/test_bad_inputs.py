@@ -614,6 +614,17 @@ case(
     "an existing .onnx file",
 )
 case(
+    "negative-candidate-bound",
+    "infer",
+    lambda t, a: [
+        f"checkpoint={a['ckpt']}",
+        f"input={a['images']}",
+        "postprocessing.target_class_config.car.clustering_config.max_candidates=-1",
+    ],
+    "max_candidates' has value -1",
+    "an integer >= 0",
+)
+case(
     "unknown-runtime",
     "evaluate",
     lambda t, a: [f"checkpoint={a['ckpt']}", "runtime=openvino"],

@@ -112,6 +112,34 @@ def test_batch_of_images_is_processed_per_image():
     assert [len(d.boxes) for d in out] == [2, 1]
 
 
+@pytest.mark.parametrize("algorithm", ["dbscan", "nms", "hybrid"])
+def test_candidate_bound_keeps_the_detections_where_it_does_not_bind(algorithm):
+    cov, bbox = maps(np.random.default_rng(3))
+    n = int((cov > 0.005).sum())
+    free = postprocessor(algorithm, max_candidates=0)(cov, bbox)[0]
+    for cap in (n, n + 1, 10_000):
+        same = postprocessor(algorithm, max_candidates=cap)(cov, bbox)[0]
+        np.testing.assert_array_equal(same.boxes, free.boxes)
+        np.testing.assert_array_equal(same.scores, free.scores)
+
+
+def test_candidate_bound_clusters_the_highest_coverages_only():
+    rng = np.random.default_rng(4)
+    cov, bbox = maps(rng, noise_cells=40)  # 40 weak cells of 0.02 next to the objects' 0.5-0.95 ones
+    strong = int((cov > 0.1).sum())
+    capped = postprocessor("dbscan", max_candidates=strong)(cov, bbox)[0]
+    # the same as removing the weak cells by hand: the bound takes the highest coverages
+    only_strong = np.where(cov > 0.1, cov, 0)
+    expected = postprocessor("dbscan", max_candidates=0)(only_strong, bbox)[0]
+    np.testing.assert_array_equal(capped.boxes, expected.boxes)
+    np.testing.assert_array_equal(capped.scores, expected.scores)
+    assert len(capped.boxes) == 2
+    # an untrained model: every cell a candidate; the bound caps what clustering sees
+    noisy = rng.uniform(0.2, 0.8, cov.shape).astype(np.float32)
+    bounded = postprocessor("dbscan", max_candidates=20)(noisy, rng.uniform(0, 3, bbox.shape).astype(np.float32))[0]
+    assert float(bounded.scores.sum()) <= float(np.sort(noisy.ravel())[-20:].sum()) + 1e-4
+
+
 def test_shape_mismatch_is_reported():
     with pytest.raises(ValueError, match=r"expected cov \[B, 1, H, W\]"):
         postprocessor("dbscan")(np.zeros((1, 2, 8, 24)), np.zeros((1, 8, 8, 24)))

@@ -4,7 +4,9 @@
 
 Post-processing: DetectNet_v2 outputs of a 3-class 1248x384 network (78x24 grid): 4 to 12 objects of
 8 to 60 px cover ellipses of cells, and weak background responses put 1 % or 4 % of the cells above
-the 0.005 coverage threshold. Target: <= 2 ms per image.
+the 0.005 coverage threshold. Target: <= 2 ms per image. And the outputs of a ResNet-18 DetectNet_v2 with
+random weights (every cell a candidate, as in an untrained or early model): target <= 5 ms per image with the
+default ``max_candidates``; the unbounded figure next to it.
 Evaluation: 7,500 images x 3 classes of ground truth and detections (KITTI validation-set scale),
 VOC + KITTI levels + size buckets, and separately the COCO line. Target: <= 10 s.
 """
@@ -81,6 +83,34 @@ def bench_postprocess(images: int = 200, background_rate: float = 0.04) -> dict:
     }
 
 
+def bench_random_model(images: int = 4, repeats: int = 5) -> dict:
+    """Post-processing time per image of a random-weight ResNet-18 DetectNet_v2's outputs at 1248x384, with the
+    default candidate bound and without one."""
+    import torch
+
+    from transferdet.models import build_detector
+
+    torch.manual_seed(0)
+    model = build_detector(len(CLASSES), 18).eval()
+    with torch.no_grad():
+        cov, bbox = (t.numpy() for t in model(torch.rand(images, 3, H, W)))
+    out = {"random_model/candidates_per_image": float((cov > 0.005).sum()) / images}
+    for tag, cap in (("bounded", ClusteringConfig().max_candidates), ("unbounded", 0)):
+        clustering = ClusteringConfig(max_candidates=cap)
+        cfg = PostprocessingConfig(target_class_config={c: PostprocessingClassConfig(clustering) for c in CLASSES})
+        post = Postprocessor(CLASSES, cfg, width=W, height=H)
+        post(cov[:1], bbox[:1])  # warm-up
+        times = []
+        for _ in range(1 if cap == 0 else repeats):
+            for i in range(images):
+                t = time.perf_counter()
+                post(cov[i : i + 1], bbox[i : i + 1])
+                times.append(time.perf_counter() - t)
+        out[f"random_model/{tag}_ms_per_image_p50"] = 1e3 * float(np.median(times))
+        out[f"random_model/{tag}_ms_per_image_max"] = 1e3 * float(np.max(times))
+    return out
+
+
 def evaluation_data(rng: np.random.Generator, n: int) -> tuple[list[GroundTruth], list[Detections]]:
     """Ground truth and detections of ``n`` images for the evaluation timing."""
     gts, dets = [], []
@@ -129,6 +159,7 @@ def main() -> None:
     results = {
         **bench_postprocess(background_rate=0.01),
         **bench_postprocess(background_rate=0.04),
+        **bench_random_model(),
         **bench_evaluation(args.images),
     }
     width = max(map(len, results))

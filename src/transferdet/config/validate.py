@@ -272,6 +272,7 @@ def validate_postprocessing(p: S.PostprocessingConfig) -> None:
             cc.minimum_bounding_box_height,
             "a number >= 0",
         )
+        _require(cc.max_candidates >= 0, f"{key}.max_candidates", cc.max_candidates, "an integer >= 0 (0: no bound)")
 
 
 def validate_cost(c: S.CostConfig) -> None:

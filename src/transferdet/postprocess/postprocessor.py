@@ -1,6 +1,7 @@
 """Post-processing of DetectNet_v2 outputs, batched over images and classes where it can be.
 
-Thresholding and decoding run on the whole batch at once; clustering then runs per image and class.
+Thresholding and decoding run on the whole batch at once; clustering then runs per image and class, on at
+most ``max_candidates`` cells of each (the highest coverages), so its cost has a bound whatever the weights.
 """
 
 from __future__ import annotations
@@ -89,6 +90,10 @@ class Postprocessor:
         for i in range(b):
             for k, cc in enumerate(self.clustering):
                 ys, xs = np.nonzero(candidate[i, k])
+                if cc.max_candidates and len(ys) > cc.max_candidates:
+                    # the highest coverages, kept in grid order (clustering's numbering follows that order)
+                    top = np.sort(np.argpartition(-cov[i, k, ys, xs], cc.max_candidates - 1)[: cc.max_candidates])
+                    ys, xs = ys[top], xs[top]
                 if len(ys):
                     groups.append(
                         (
