@@ -19,6 +19,8 @@ from transferdet.config.tasks import runs_trained_models
 from transferdet.data.synth import generate
 
 register_configs()
+# tests download nothing: ImageNet weights come from a cache a test fills (the CLI runs inherit this)
+os.environ["TRANSFERDET_OFFLINE"] = "1"
 
 
 def compose_task(task: str, overrides: list[str] | None = None) -> DictConfig:

@@ -21,7 +21,10 @@ CONF = REPO / "conf"
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 # settings an experiment cannot know: where the user's data is
-EXPERIMENT_NEEDS = {"kitti_resnet18": ["dataset.root=/data/kitti/training"]}
+EXPERIMENT_NEEDS = {
+    "kitti_resnet18": ["dataset.root=/data/kitti/training"],
+    "kitti_finetune": ["dataset.root=/data/kitti/training"],
+}
 
 
 def test_one_primary_config_per_task():

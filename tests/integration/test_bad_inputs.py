@@ -484,6 +484,18 @@ for name, overrides, fragments in [
     ("negative-workers", ["training.num_workers=-1"], ("training.num_workers", "an integer >= 0")),
     ("zero-epochs", ["training.num_epochs=0"], ("training.num_epochs", "an integer >= 1")),
     ("unknown-group", ["exporter=onnx"], ("config key 'exporter'",)),
+    ("pretrained-unknown", ["model.pretrained=coco"], ("config key 'model.pretrained' has value 'coco'", "imagenet")),
+    ("imagenet-for-resnet10", ["model=resnet10", "model.pretrained=imagenet"], ("ResNet-10 has no public ImageNet",)),
+    (
+        "imagenet-and-a-file",
+        ["model.pretrained=imagenet", "model.pretrained_model_file=x.pth"],
+        ("config key 'model.pretrained'", "one starting point"),
+    ),
+    (  # the tests' torch hub cache is empty and downloads are off
+        "imagenet-not-cached-offline",
+        ["model=resnet18", "model.pretrained=imagenet"],
+        ("hub/checkpoints/resnet18-", "downloads are off", "https://download.pytorch.org/models/resnet18-"),
+    ),
 ]:
     case(name, "train", tr(*overrides), *fragments)
 case("kitti-without-root", "train", lambda t, a: ["dataset=kitti", *TRAIN], "dataset.root", "no default")
@@ -612,6 +624,20 @@ case(
     lambda t, a: [f"checkpoint={a['ckpt']}", "runtime=onnxruntime"],
     "config key 'checkpoint'",
     "an existing .onnx file",
+)
+case(
+    "unknown-protocol",
+    "evaluate",
+    lambda t, a: [f"checkpoint={a['ckpt']}", "evaluation.protocol=coco"],
+    "config key 'evaluation.protocol' has value 'coco'",
+    "voc, kitti",
+)
+case(
+    "kitti-recall-points",
+    "evaluate",
+    lambda t, a: [f"checkpoint={a['ckpt']}", "evaluation.protocol=kitti", "evaluation.kitti_recall_points=20"],
+    "config key 'evaluation.kitti_recall_points' has value 20",
+    "40 or 11",
 )
 case(
     "negative-candidate-bound",
@@ -1155,7 +1181,8 @@ def test_bad_input(cli, art, tmp_path, name, monkeypatch):
         args.append(f"hydra.run.dir={run}")
     before = _files(tmp_path, run)
     monkeypatch.setenv("TRANSFERDET_TEST_SECRET", "do-not-write-me")
-    r = cli(c.task, *args, env={"TRANSFERDET_TEST_SECRET": "do-not-write-me"}, timeout=300)
+    env = {"TRANSFERDET_TEST_SECRET": "do-not-write-me", "TORCH_HOME": str(tmp_path / "torch")}
+    r = cli(c.task, *args, env=env, timeout=300)
     if c.ok:
         assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
     else:

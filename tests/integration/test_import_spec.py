@@ -4,6 +4,7 @@ typographic quotes, comments, keys we do not have) becomes an experiment that tr
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,89 @@ def test_parser_reads_lists_comments_and_angle_brackets(tmp_path):
     fields = parse('a: [1, 2.5, "x"]  # comment\nb < c: true > // more\nd { }', tmp_path / "s.txt")
     assert [(f.name, f.value) for f in fields[:3]] == [("a", 1), ("a", 2.5), ("a", "x")]
     assert fields[3].name == "b" and fields[3].value[0].value is True and fields[4].value == []
+
+
+CONVERT_SPEC = """kitti_config {
+  root_directory_path: "@ROOT@"
+  image_dir_name: "image_2"
+  label_dir_name: "label_2"
+  image_extension: ".png"
+  partition_mode: "random"
+  num_partitions: 2
+  val_split: 25
+  num_shards: 3
+  point_clouds_dir: "velodyne"
+}
+image_directory_path: "@ROOT@"
+target_class_mapping {
+  key: "car"
+  value: "car"
+}
+target_class_mapping {
+  key: "pedestrian"
+  value: "pedestrian"
+}
+"""
+
+
+def test_dataset_convert_spec_becomes_a_dataset_config_that_converts(tmp_path):
+    root = tmp_path / "data"
+    generate(small_synth_config(12, image_width=128, image_height=64), root, progress=False)
+    spec = tmp_path / "convert_spec.txt"
+    spec.write_text(CONVERT_SPEC.replace("@ROOT@", str(root)))
+    conf = tmp_path / "conf"
+    r = run_cli("import-spec", str(spec), "--name", "kitti_data", "--output-dir", str(conf))
+    assert r.returncode == 0, r.stderr
+    assert "kitti_config.point_clouds_dir (line 10)" in r.stdout  # said, not silently dropped
+    exp = yaml.safe_load((conf / "experiment" / "kitti_data.yaml").read_text())
+    assert exp["dataset"] == {
+        "root": str(root),
+        "image_dir_name": "image_2",
+        "label_dir_name": "label_2",
+        "image_extension": ".png",
+        "partition_mode": "random",
+        "num_partitions": 2,
+        "val_split": 25.0,
+        "num_shards": 3,
+        "target_class_mapping": {"car": "car", "pedestrian": "pedestrian"},
+    }
+    r = run_cli(
+        "convert", "experiment=kitti_data", f"hydra.searchpath=[file://{conf}]", f"hydra.run.dir={tmp_path / 'c'}"
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    manifest = json.loads((root / "converted" / "manifest.json").read_text())
+    assert manifest["classes"] == ["car", "pedestrian"] and len(manifest["splits"]["train"]["shards"]) == 3
+
+
+def test_two_data_sources_are_one_clear_error(spec, tmp_path):
+    text = spec.read_text()
+    start = text.index("  data_sources: {")
+    block = text[start : text.index("}", start) + 2]
+    spec.write_text(text.replace(block, block + block))
+    conf = tmp_path / "conf"
+    r = run_cli("import-spec", str(spec), "--output-dir", str(conf))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "dataset_config.data_sources' has value '2 sources (lines" in r.stderr and "one KITTI folder" in r.stderr
+    assert not list(conf.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("mode", [None, "MULTISOURCE"])
+def test_zoom_and_rotation_follow_the_loader_the_spec_names(spec, tmp_path, mode):
+    text = spec.read_text()
+    assert "zoom_min: 1.0" in text and "zoom_max: 1.0" in text
+    text = text.replace("zoom_min: 1.0", "zoom_min: 0.5")
+    text = text.replace("zoom_max: 1.0", "zoom_max: 1.6\n    rotate_rad_max: 10.0\n    rotate_probability: 0.5")
+    if mode:
+        text = text.replace("dataset_config {", f"dataset_config {{\n  dataloader_mode: {mode}", 1)
+    spec.write_text(text)
+    conf = tmp_path / "conf"
+    r = run_cli("import-spec", str(spec), "--name", "aug", "--output-dir", str(conf))
+    assert r.returncode == 0, r.stderr
+    aug = yaml.safe_load((conf / "experiment" / "aug.yaml").read_text())["augmentation"]["spatial_augmentation"]
+    if mode:  # TAO's multisource loader: r > 1 zooms out, degrees
+        assert (aug["zoom_min"], aug["zoom_max"]) == pytest.approx((0.625, 2.0))  # 1/1.6, 1/0.5
+        assert "converted to zoom_min=0.625, zoom_max=2" in r.stdout
+        assert aug["rotate_rad_max"] == pytest.approx(math.radians(10)) and "0.174533 radians" in r.stdout
+    else:
+        assert (aug["zoom_min"], aug["zoom_max"], aug["rotate_rad_max"]) == (0.5, 1.6, 10.0)
+        assert "taken with TLT v1/2's meaning" in r.stdout and "dataloader_mode: MULTISOURCE" in r.stdout

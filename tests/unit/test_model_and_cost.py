@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from tests.conftest import compose_task
 from transferdet.config.schema import (
     CostClassConfig,
     CostConfig,
+    ModelConfig,
     RasterizerClassConfig,
     RasterizerConfig,
     RegularizerConfig,
@@ -22,7 +25,14 @@ from transferdet.config.schema import (
 )
 from transferdet.config.validate import typed
 from transferdet.data.loader import Batch
-from transferdet.detector.pretrained import load_pretrained
+from transferdet.detector.pretrained import (
+    OFFLINE_VARIABLE,
+    imagenet_file,
+    imagenet_url,
+    load_pretrained,
+    starting_weights,
+)
+from transferdet.errors import ConfigError, DataError
 from transferdet.inference.backends import TorchBackend
 from transferdet.losses.cost import DetectNetCost, regularization
 from transferdet.losses.rasterizer import Rasterizer
@@ -83,6 +93,49 @@ def test_a_file_of_another_depth_is_refused_unless_strict_is_off(tmp_path):
     torch.save(torchvision.models.resnet18().state_dict(), path)
     with pytest.raises(DataError, match=r"ResNet-34\): the file has no \(or other shapes of\) backbone.layer1.2.\*"):
         load_pretrained(build_detector(3, 34), path, CLASSES)
+
+
+def _cache_with(tmp_path, monkeypatch, depth: int, weights_of: int) -> Path:
+    """A torch hub cache (TORCH_HOME) holding, under torchvision's file name for ResNet-``depth``'s ImageNet
+    weights, a randomly initialised torchvision ResNet-``weights_of`` state dict; downloads off."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv(OFFLINE_VARIABLE, "1")
+    path = tmp_path / "torch" / "hub" / "checkpoints" / Path(urlparse(imagenet_url(depth)).path).name
+    path.parent.mkdir(parents=True)
+    torch.save(getattr(torchvision.models, f"resnet{weights_of}")().state_dict(), path)
+    return path
+
+
+def test_imagenet_weights_come_from_the_torch_hub_cache_key_for_key(tmp_path, monkeypatch):
+    path = _cache_with(tmp_path, monkeypatch, 18, 18)
+    assert starting_weights(ModelConfig(num_layers=18, pretrained="imagenet")) == path
+    model = build_detector(3, 18)
+    report = load_pretrained(model, imagenet_file(18), CLASSES)
+    reference = torch.load(path)
+    assert set(report.loaded) == {f"backbone.{k}" for k in reference if not k.startswith("fc.")}
+    assert all(torch.equal(model.state_dict()[f"backbone.{k}"], v) for k, v in reference.items() if k[:3] != "fc.")
+
+
+def test_imagenet_weights_of_the_wrong_depth_are_refused(tmp_path, monkeypatch):
+    _cache_with(tmp_path, monkeypatch, 18, 34)  # a ResNet-34 file under ResNet-18's name
+    with pytest.raises(DataError, match=r"resnet18-[0-9a-f]+\.pth: does not fit .* the model has no backbone.layer1.2"):
+        load_pretrained(build_detector(3, 18), imagenet_file(18), CLASSES)
+
+
+def test_imagenet_without_network_or_for_resnet10_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv(OFFLINE_VARIABLE, "1")
+    with pytest.raises(DataError) as err:
+        imagenet_file(34)
+    message = str(err.value)
+    assert "resnet34-" in message and "download https://download.pytorch.org/models/resnet34-" in message
+    assert not (tmp_path / "torch" / "hub" / "checkpoints").exists() or not any(
+        (tmp_path / "torch" / "hub" / "checkpoints").iterdir()
+    )
+    with pytest.raises(ConfigError, match="ResNet-10 has no public ImageNet weights"):
+        starting_weights(ModelConfig(num_layers=10, pretrained="imagenet"))
+    assert starting_weights(ModelConfig(num_layers=10, pretrained_model_file="a.ckpt")) == Path("a.ckpt")
+    assert starting_weights(ModelConfig(num_layers=18)) is None
 
 
 def _targets(boxes, classes, batch=1, w=128, h=64):

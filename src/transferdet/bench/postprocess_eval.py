@@ -21,6 +21,7 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from transferdet.config.schema import (  # noqa: E402
     ClusteringConfig,
@@ -30,6 +31,7 @@ from transferdet.config.schema import (  # noqa: E402
 )
 from transferdet.evaluation import Evaluator  # noqa: E402
 from transferdet.evaluation.coco import coco_map  # noqa: E402
+from transferdet.models import build_detector  # noqa: E402
 from transferdet.postprocess import Postprocessor  # noqa: E402
 from transferdet.structures import Detections, GroundTruth  # noqa: E402
 
@@ -86,10 +88,6 @@ def bench_postprocess(images: int = 200, background_rate: float = 0.04) -> dict:
 def bench_random_model(images: int = 4, repeats: int = 5) -> dict:
     """Post-processing time per image of a random-weight ResNet-18 DetectNet_v2's outputs at 1248x384, with the
     default candidate bound and without one."""
-    import torch
-
-    from transferdet.models import build_detector
-
     torch.manual_seed(0)
     model = build_detector(len(CLASSES), 18).eval()
     with torch.no_grad():

@@ -46,6 +46,11 @@ class AveragePrecisionMode(Enum):
     INTEGRATE = "INTEGRATE"
 
 
+class EvaluationProtocol(Enum):
+    voc = "voc"  # TLT's: VOC AP with the per-class IoU thresholds below
+    kitti = "kitti"  # also KITTI's own (the object devkit's rules), from the dataset's label files
+
+
 class RegularizerType(Enum):
     NO_REG = "NO_REG"
     L1 = "L1"
@@ -155,10 +160,11 @@ class InputNormalizationConfig:
 
 @dataclass
 class ModelConfig:
-    """TLT ``model_config``: DetectNet_v2 on a ResNet backbone; pretrained weights from a local file."""
+    """TLT ``model_config``: DetectNet_v2 on a ResNet backbone; pretrained weights from ImageNet or a local file."""
 
     arch: str = "resnet"
     num_layers: int = 18
+    pretrained: Optional[str] = None  # "imagenet": torchvision's ImageNet weights (ResNet-18/34/50/101)
     pretrained_model_file: Optional[str] = None
     # refuse a file whose backbone does not match the model's (another ResNet depth); false: load what fits
     pretrained_strict: bool = True
@@ -265,7 +271,9 @@ class EvaluationConfig:
     minimum_detection_ground_truth_overlap: Dict[str, float] = field(default_factory=dict)
     evaluation_box_config: Dict[str, EvaluationBoxConfig] = field(default_factory=dict)
     pixel_inclusive_iou: bool = False
-    kitti_difficulty: bool = True  # also report KITTI easy / moderate / hard AP
+    kitti_difficulty: bool = True  # also VOC AP over KITTI's easy / moderate / hard subsets (not KITTI's protocol)
+    protocol: EvaluationProtocol = EvaluationProtocol.voc
+    kitti_recall_points: int = 40  # KITTI protocol: 40 (the devkit since 2019) or 11 (older papers)
     batch_size: int = 16
 
 

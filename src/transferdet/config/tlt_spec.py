@@ -16,6 +16,7 @@ typographic quotes that specs copied from web pages often carry.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import shutil
 import tempfile
@@ -279,6 +280,90 @@ def _pop(fields: list[Field], name: str) -> list[Field]:
     return taken
 
 
+# the dataset-convert spec (tlt-dataset-convert -d): kitti_config field -> dataset key
+KITTI_CONFIG = {
+    "root_directory_path": "root",
+    "image_dir_name": "image_dir_name",
+    "label_dir_name": "label_dir_name",
+    "image_extension": "image_extension",
+    "partition_mode": "partition_mode",
+    "num_partitions": "num_partitions",
+    "val_split": "val_split",
+    "num_shards": "num_shards",
+    "kitti_sequence_to_frames_file": "kitti_sequence_to_frames_file",
+}
+
+
+def _convert_spec(f: Field, out: Imported) -> bool:
+    """The top-level fields of a dataset-convert spec into the dataset group; False for any other field."""
+    dataset = out.groups.setdefault("dataset", {}) if f.name in ("kitti_config", "image_directory_path") else None
+    if f.name == "kitti_config" and isinstance(f.value, list):
+        hints = _hints(S.DatasetConfig)
+        for x in f.value:
+            key = KITTI_CONFIG.get(x.name)
+            if key is None:
+                out.unmapped.append(f"kitti_config.{x.name} (line {x.line})")
+            else:
+                dataset[key] = _coerce(x.value, hints[key], f"kitti_config.{x.name}")
+        if "image_extension" in dataset:
+            dataset["image_extension"] = "." + str(dataset["image_extension"]).lstrip(".")
+        return True
+    if f.name == "image_directory_path":
+        dataset.setdefault("root", str(f.value))
+        return True
+    if f.name == "target_class_mapping":
+        if not isinstance(f.value, list):
+            raise DataError("target_class_mapping", f"expected {{ key: ... value: ... }} at line {f.line}")
+        key = next((x.value for x in f.value if x.name == "key"), None)
+        value = next((x.value for x in f.value if x.name == "value"), None)
+        if key is None or value is None:
+            raise DataError("target_class_mapping", f"map entry at line {f.line} needs a key and a value")
+        out.groups.setdefault("dataset", {}).setdefault("target_class_mapping", {})[str(key)] = str(value)
+        return True
+    return False
+
+
+def _spatial_semantics(spec: list[Field], out: Imported) -> None:
+    """TAO's multisource loader (``dataloader_mode: MULTISOURCE``) reads zoom r > 1 as zooming out and
+    ``rotate_rad_max`` as degrees; ours (TLT v1/2's) zooms in for r > 1 and takes radians. Convert, or say which
+    meaning was taken."""
+    block = next((f.value for f in spec if f.name == "dataset_config" and isinstance(f.value, list)), [])
+    mode = next((str(x.value).upper() for x in block if x.name == "dataloader_mode"), None)
+    aug = out.groups.get("augmentation", {}).get("spatial_augmentation", {})
+    fields = [
+        x
+        for f in spec
+        if f.name == "augmentation_config" and isinstance(f.value, list)
+        for b in f.value
+        if b.name == "spatial_augmentation" and isinstance(b.value, list)
+        for x in b.value
+    ]
+    line = {x.name: x.line for x in fields}
+    zmin, zmax = aug.get("zoom_min", 1.0), aug.get("zoom_max", 1.0)
+    rotate = aug.get("rotate_rad_max", 0.0)
+    zoom_line, rot_line = line.get("zoom_min", line.get("zoom_max")), line.get("rotate_rad_max")
+    if mode == "MULTISOURCE":
+        if (zmin, zmax) != (1.0, 1.0) and zmin > 0:
+            aug["zoom_min"], aug["zoom_max"] = 1.0 / zmax, 1.0 / zmin
+            out.notes.append(
+                f"augmentation_config.spatial_augmentation.zoom_min/zoom_max (line {zoom_line}): TAO's multisource "
+                f"loader zooms out for r > 1, ours zooms in: converted to zoom_min={1 / zmax:.4g}, "
+                f"zoom_max={1 / zmin:.4g} (the same range of scales; r is drawn uniformly in it)"
+            )
+        if rotate:
+            aug["rotate_rad_max"] = math.radians(rotate)
+            out.notes.append(
+                f"augmentation_config.spatial_augmentation.rotate_rad_max (line {rot_line}): TAO's multisource "
+                f"loader reads it in degrees: converted to {math.radians(rotate):.6g} radians"
+            )
+    elif mode is None and ((zmin, zmax) != (1.0, 1.0) or rotate):
+        out.notes.append(
+            f"augmentation_config.spatial_augmentation (line {zoom_line or rot_line}): zoom and rotation taken with "
+            "TLT v1/2's meaning (r > 1 zooms in, radians); a TAO spec's multisource loader means zoom-out and "
+            "degrees: add dataloader_mode: MULTISOURCE to its dataset_config to convert them"
+        )
+
+
 def convert(spec: list[Field]) -> Imported:
     """A parsed spec's blocks as our config groups, with the keys that have no counterpart."""
     out = Imported()
@@ -287,12 +372,23 @@ def convert(spec: list[Field]) -> Imported:
         if f.name == "random_seed":
             training_extra["random_seed"] = _coerce(f.value, int, "random_seed")
             continue
+        if _convert_spec(f, out):
+            continue
         if f.name not in BLOCKS:
             out.unmapped.append(f"{f.name} (line {f.line})")
             continue
         group, tp = BLOCKS[f.name]
         fields = list(f.value) if isinstance(f.value, list) else []
         if group == "dataset":
+            _pop(fields, "dataloader_mode")  # read by _spatial_semantics
+            sources = [x for x in fields if x.name == "data_sources"]
+            if len(sources) > 1:
+                raise ConfigError(
+                    "dataset_config.data_sources",
+                    f"{len(sources)} sources (lines {', '.join(str(x.line) for x in sources)})",
+                    "one source: transferdet reads one dataset root; put the images and labels into one KITTI "
+                    "folder (image_2/, label_2/), or import one source and convert the others separately",
+                )
             for src in _pop(fields, "data_sources"):
                 for x in src.value:
                     if x.name == "image_directory_path":
@@ -319,12 +415,20 @@ def convert(spec: list[Field]) -> Imported:
                         f"model_config.load_graph (line {p.line}): the pruned model goes to "
                         "model.pruned_checkpoint (a transferdet pruned.ckpt, not a TLT .tlt file)"
                     )
+            depth = next((int(x.value) for x in fields if x.name == "num_layers"), 18)
             for p in _pop(fields, "pretrained_model_file"):
-                if Path(str(p.value)).suffix.lower() in TLT_MODEL_SUFFIXES:
+                if Path(str(p.value)).suffix.lower() in TLT_MODEL_SUFFIXES and depth != 10:
+                    out.groups.setdefault("model", {})["pretrained"] = "imagenet"
                     out.notes.append(
                         f"model_config.pretrained_model_file (line {p.line}): {p.value} is a TLT/Keras "
-                        "model transferdet cannot read; set model.pretrained_model_file to a local "
-                        "PyTorch ResNet state dict (.pth / .safetensors)"
+                        f"model (NGC's ImageNet-pretrained ResNet-{depth}): model.pretrained=imagenet starts "
+                        "from torchvision's ImageNet weights of that ResNet instead"
+                    )
+                elif Path(str(p.value)).suffix.lower() in TLT_MODEL_SUFFIXES:
+                    out.notes.append(
+                        f"model_config.pretrained_model_file (line {p.line}): {p.value} is a TLT/Keras "
+                        "model transferdet cannot read, and ResNet-10 has no public ImageNet weights; set "
+                        "model.pretrained_model_file to a transferdet checkpoint (e.g. the default pipeline's)"
                     )
                 else:
                     out.groups.setdefault("model", {})["pretrained_model_file"] = str(p.value)
@@ -332,6 +436,7 @@ def convert(spec: list[Field]) -> Imported:
         out.groups[group] = {**out.groups.get(group, {}), **body}
     if training_extra:
         out.groups["training"] = {**out.groups.get("training", {}), **training_extra}
+    _spatial_semantics(spec, out)
     return out
 
 
@@ -383,7 +488,9 @@ def import_spec(
         raise DataError(spec_path, f"cannot read the spec as UTF-8 text: {err}") from None
     imported = convert(parse(text, spec_path))
     if not imported.groups:
-        raise DataError(spec_path, f"no DetectNet_v2 blocks found (expected some of {', '.join(BLOCKS)})")
+        raise DataError(
+            spec_path, f"no DetectNet_v2 blocks found (expected some of {', '.join([*BLOCKS, 'kitti_config'])})"
+        )
     name = name or re.sub(r"[^\w-]+", "_", spec_path.stem)
     if not re.fullmatch(r"[\w-]+", name):
         raise ConfigError("--name", name, "letters, digits, '_' and '-'")
@@ -391,14 +498,16 @@ def import_spec(
     target = root / "experiment" / f"{name}.yaml"
     if target.exists() and not force:
         raise ConfigError("--name", name, f"a name not used yet ({target} exists; --force replaces it)")
+    # a dataset-convert spec defines a dataset: it must convert (training it also needs per-class settings)
+    task = "convert" if set(imported.groups) == {"dataset"} else "train"
     with atomic_path(target) as tmp:
         tmp.write_text(experiment_yaml(imported, spec_path), encoding="utf-8")
-        check_composes(root, name, tmp)
+        check_composes(root, name, tmp, task)
     return target, imported
 
 
-def check_composes(root: Path, name: str, candidate: Path) -> None:
-    """Compose and validate ``train experiment=<name>`` with the candidate file in place of the final one."""
+def check_composes(root: Path, name: str, candidate: Path, task: str = "train") -> None:
+    """Compose and validate ``<task> experiment=<name>`` with the candidate file in place of the final one."""
     S.register_configs()
     with tempfile.TemporaryDirectory() as tmpdir:
         (Path(tmpdir) / "experiment").mkdir()
@@ -406,7 +515,7 @@ def check_composes(root: Path, name: str, candidate: Path) -> None:
         shutil.copyfile(candidate, Path(tmpdir) / "experiment" / f"{probe}.yaml")
         try:
             with initialize_config_module("transferdet.conf", version_base="1.3"):
-                cfg = compose("train", [f"experiment={probe}", f"hydra.searchpath=[file://{tmpdir}]"])
+                cfg = compose(task, [f"experiment={probe}", f"hydra.searchpath=[file://{tmpdir}]"])
         except (HydraException, OmegaConfBaseException) as err:
             raise ConfigError(
                 f"experiment/{name}.yaml",

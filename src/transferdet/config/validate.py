@@ -161,6 +161,13 @@ def validate_model(m: S.ModelConfig) -> None:
         m.num_layers,
         ", ".join(map(str, SUPPORTED_RESNET_DEPTHS)),
     )
+    _require(m.pretrained in (None, "imagenet"), "model.pretrained", m.pretrained, "null or imagenet")
+    _require(
+        not (m.pretrained and m.pretrained_model_file),
+        "model.pretrained",
+        m.pretrained,
+        "null when model.pretrained_model_file is set (one starting point)",
+    )
     bad = [b for b in m.freeze_blocks if b not in range(5)]
     _require(not bad, "model.freeze_blocks", list(m.freeze_blocks), "block ids 0 (stem) to 4 (last stage)")
     _require(
@@ -226,6 +233,7 @@ def validate_evaluation(e: S.EvaluationConfig) -> None:
             box.maximum_width,
             f"a number >= minimum_width ({box.minimum_width:g})",
         )
+    _require(e.kitti_recall_points in (40, 11), "evaluation.kitti_recall_points", e.kitti_recall_points, "40 or 11")
     positive_int("evaluation.validation_period_during_training", e.validation_period_during_training)
     _require(
         e.first_validation_epoch >= 0, "evaluation.first_validation_epoch", e.first_validation_epoch, "an integer >= 0"

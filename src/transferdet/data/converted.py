@@ -154,6 +154,14 @@ class ConvertedDataset:
                     return f"{root / entry[kind]} changed since"
         return None
 
+    def label_paths(self, split: str) -> list[Path | None]:
+        """The source label file of each image of ``split``, in the split's order (None: the image has none)."""
+        files = self.manifest["files"]
+        return [
+            self.root / files[str(i)]["label"] if files.get(str(i), {}).get("label") else None
+            for i in self.split(split).ids
+        ]
+
     def split(self, name: str) -> SplitIndex:
         """One split's images, addressable by index."""
         if name not in SPLITS:

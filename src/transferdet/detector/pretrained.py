@@ -1,4 +1,5 @@
-"""Starting weights for training: a torchvision / timm ResNet state dict, or a transferdet checkpoint.
+"""Starting weights for training: torchvision's ImageNet weights (``model.pretrained=imagenet``), a torchvision /
+timm ResNet state dict, or a transferdet checkpoint (``model.pretrained_model_file``).
 
 Tensors load by name and shape; everything that does not load is reported. Backbone tensors that would
 stay random (another ResNet depth, full-width weights for a pruned model) are refused instead of
@@ -8,16 +9,74 @@ half-loading. From a checkpoint trained on other classes the heads keep their fr
 from __future__ import annotations
 
 import logging
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
+import torchvision
 from torch import nn
 
+from transferdet.config.schema import ModelConfig
 from transferdet.detector import checkpoint
-from transferdet.errors import DataError
+from transferdet.errors import ConfigError, DataError
+from transferdet.utils.io import make_folder
 
 log = logging.getLogger(__name__)
+IMAGENET_DEPTHS = (18, 34, 50, 101)  # torchvision's ResNets with ImageNet weights that transferdet builds
+OFFLINE_VARIABLE = "TRANSFERDET_OFFLINE"  # "1": never download (CI and the tests set it)
+
+
+def imagenet_url(depth: int) -> str:
+    """The URL of torchvision's ImageNet weights (IMAGENET1K_V1) of a ResNet of ``depth`` layers."""
+    if depth not in IMAGENET_DEPTHS:
+        raise ConfigError(
+            "model.pretrained",
+            "imagenet",
+            f"a ResNet of {', '.join(map(str, IMAGENET_DEPTHS))} layers (model.num_layers): ResNet-{depth} has no "
+            "public ImageNet weights; start it from a transferdet checkpoint instead, e.g. the default pipeline's "
+            "model: model.pretrained_model_file=outputs/pipeline/default/03_train/checkpoints/last.ckpt",
+        )
+    return torchvision.models.get_weight(f"ResNet{depth}_Weights.IMAGENET1K_V1").url
+
+
+def imagenet_file(depth: int) -> Path:
+    """torchvision's ImageNet weights of a ResNet of ``depth`` layers in the torch hub cache (where torchvision
+    keeps them), downloaded there once when missing unless ``TRANSFERDET_OFFLINE=1``. Without a network, one
+    clear error names the file to place there."""
+    url = imagenet_url(depth)
+    name = Path(urlparse(url).path).name
+    path = Path(torch.hub.get_dir()) / "checkpoints" / name
+    if path.is_file():
+        return path
+    if os.environ.get(OFFLINE_VARIABLE) == "1":
+        raise DataError(
+            path,
+            f"torchvision's ImageNet weights are not in the cache and downloads are off ({OFFLINE_VARIABLE}=1): "
+            f"download {url} and place it at this path",
+        )
+    make_folder(path.parent)
+    digest = re.search(r"-([a-f0-9]{8,})\.", name)
+    log.info("downloading %s to %s", url, path)
+    try:  # torch downloads to a temporary file, checks the hash prefix of the name, then renames
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=digest.group(1) if digest else None)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise DataError(
+            path,
+            f"cannot download torchvision's ImageNet weights ({str(err).splitlines()[0][:200]}); without a network, "
+            f"download {url} elsewhere and place it at this path",
+        ) from None
+    return path
+
+
+def starting_weights(model: ModelConfig) -> Path | None:
+    """The file a training run starts from: ``model.pretrained_model_file``, torchvision's ImageNet weights for
+    ``model.pretrained=imagenet``, or none."""
+    if model.pretrained_model_file:
+        return Path(model.pretrained_model_file)
+    return imagenet_file(model.num_layers) if model.pretrained == "imagenet" else None
 
 
 @dataclass

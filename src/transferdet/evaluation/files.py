@@ -10,11 +10,13 @@ from typing import Any
 import numpy as np
 
 from transferdet.config.options import group_option
-from transferdet.config.schema import IGNORE_CLASS, EvaluationConfig
+from transferdet.config.schema import IGNORE_CLASS, EvaluationConfig, EvaluationProtocol
 from transferdet.config.structured import from_plain, merge_plain
 from transferdet.config.validate import validate_evaluation
 from transferdet.data.kitti import find_files, read_label_file
 from transferdet.errors import ConfigError, DataError
+from transferdet.evaluation.evaluator import EvaluationResult, Evaluator
+from transferdet.evaluation.kitti import Truth, kitti_metrics
 from transferdet.structures import Detections, GroundTruth
 
 log = logging.getLogger(__name__)
@@ -97,3 +99,15 @@ def read_prediction_files(
     if len(warnings) > MAX_WARNINGS_SHOWN:
         log.warning("... %d more warnings", len(warnings) - MAX_WARNINGS_SHOWN)
     return gts, dets
+
+
+def evaluate_files(
+    predictions: Path, labels: Path, mapping: Mapping[str, str], classes: Sequence[str], cfg: EvaluationConfig
+) -> tuple[list[GroundTruth], list[Detections], EvaluationResult]:
+    """Prediction files scored against label files (and with ``evaluation.protocol=kitti`` by KITTI's rules)."""
+    gts, dets = read_prediction_files(predictions, labels, mapping, classes)
+    result = Evaluator(classes, cfg).evaluate(gts, dets)
+    if cfg.protocol is EvaluationProtocol.kitti:
+        truths = [Truth.read(p) for p in find_files(labels, ".txt").values()]  # the order of read_prediction_files
+        result.extra.update(kitti_metrics(truths, dets, classes, cfg.kitti_recall_points))
+    return gts, dets, result

@@ -164,6 +164,21 @@ def _accuracy_section(classes: list[str], dirs: dict[str, Path], root: Path, pru
                 + f" | {_pct(m.get('mAP_coco'))} |"
             )
     out += ["", "AP in %, VOC-style with the evaluation config's IoU thresholds.", ""]
+    kitti = [c for c in classes if any(f"kitti/AP_moderate/{c}" in m for m in results.values() if m)]
+    if kitti:  # evaluation.protocol=kitti: the devkit's figures, comparable with published KITTI results
+        levels = ("easy", "moderate", "hard")
+        out += [
+            "AP in % by KITTI's own protocol (the object devkit's rules; docs/evaluation.md):",
+            "",
+            "| model | " + " | ".join(f"{c} {lv}" for c in kitti for lv in levels) + " |",
+            "|---|" + "---:|" * (len(kitti) * len(levels)),
+        ]
+        out += [
+            f"| {label} | " + " | ".join(_pct(m.get(f"kitti/AP_{lv}/{c}")) for c in kitti for lv in levels) + " |"
+            for stage, label in ACCURACY.items()
+            if (m := results[stage])
+        ]
+        out.append("")
     pictures = [
         f"![{label}]({_rel(dirs[s] / 'pr_curves.png', root)})"
         for s, label in ACCURACY.items()

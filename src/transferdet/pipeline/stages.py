@@ -59,13 +59,23 @@ def _skip_synth(cfg: DictConfig) -> str | None:
         return None  # the synth task checks its settings still match (and does nothing when they do)
     if root.exists():
         return f"dataset.root {root} holds a user dataset"
-    try:
-        choice = HydraConfig.get().runtime.choices.get("dataset")
-    except ValueError:
-        choice = "synthetic"
+    choice = _dataset_choice() or "synthetic"
     if choice != "synthetic":
         return f"dataset={choice} (not the synthetic dataset)"
     return None
+
+
+def _dataset_choice() -> str | None:
+    try:
+        return HydraConfig.get().runtime.choices.get("dataset")
+    except ValueError:  # composed outside a Hydra run (tests)
+        return None
+
+
+def _scoring(cfg: DictConfig) -> dict:  # noqa: ARG001 - a stage setting's signature
+    """KITTI data (``dataset=kitti``) is scored by KITTI's own protocol as well: the evaluate stages' override of
+    the model's evaluation settings (a model trained with evaluation.protocol=kitti has it already)."""
+    return {"evaluation.protocol": "kitti"} if _dataset_choice() == "kitti" else {}
 
 
 def retrain_epochs(cfg: DictConfig) -> int:
@@ -113,7 +123,7 @@ STAGES: list[Stage] = [
         "evaluate",
         "evaluate",
         "evaluate the unpruned model",
-        lambda cfg, d: {"checkpoint": _last(d["train"]), "runtime": "torch"},
+        lambda cfg, d: {"checkpoint": _last(d["train"]), "runtime": "torch", **_scoring(cfg)},
     ),
     Stage(
         "prune",
@@ -126,7 +136,7 @@ STAGES: list[Stage] = [
         "evaluate_pruned",
         "evaluate",
         "evaluate the pruned, retrained model",
-        lambda cfg, d: {"checkpoint": _last(d["retrain"]), "runtime": "torch"},
+        lambda cfg, d: {"checkpoint": _last(d["retrain"]), "runtime": "torch", **_scoring(cfg)},
     ),
     Stage(
         "calibrate",
@@ -148,7 +158,11 @@ STAGES: list[Stage] = [
         "evaluate_int8",
         "evaluate",
         "evaluate the INT8 ONNX model with ONNX Runtime",
-        lambda cfg, d: {"checkpoint": str(d["export"] / ONNX_FILES["int8"]), "runtime": "onnxruntime"},
+        lambda cfg, d: {
+            "checkpoint": str(d["export"] / ONNX_FILES["int8"]),
+            "runtime": "onnxruntime",
+            **_scoring(cfg),
+        },
     ),
     Stage(
         "benchmark",

@@ -7,8 +7,9 @@
 * ``predictions=DIR labels=DIR``: no model; prediction files have 16 fields (score last), ground truth 15;
   classes come from ``dataset``, the evaluation settings from ``evaluation/default.yaml`` and ``evaluation.*``.
 
-Writes ``metrics.json`` (``mAP``, ``AP/<class>``, per KITTI level and size, COCO mAP), a table on the
-terminal and ``pr_curves.png``.
+Writes ``metrics.json`` (``mAP``, ``AP/<class>``, per KITTI level and size, COCO mAP, and with
+``evaluation.protocol=kitti`` KITTI's own ``kitti/AP_<difficulty>/<class>``), a table on the terminal and
+``pr_curves.png``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from transferdet.data.convert import normalised_mapping
 from transferdet.data.prepare import dataset_for_model, ensure_converted
 from transferdet.errors import ConfigError
 from transferdet.evaluation.coco import coco_map
-from transferdet.evaluation.evaluator import Evaluator
-from transferdet.evaluation.files import files_evaluation_config, read_prediction_files
+from transferdet.evaluation.files import evaluate_files, files_evaluation_config
 from transferdet.evaluation.report import plot_pr_curves, print_table
 from transferdet.inference.evaluate import evaluate_predictor
 from transferdet.inference.predictor import Predictor
@@ -47,11 +47,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         gts, dets, classes, result = ev.ground_truth, ev.detections, predictor.classes, ev.result
     elif args.predictions and args.labels:
         classes = target_classes(dataset)
-        evaluator = Evaluator(classes, files_evaluation_config(classes, overrides.evaluation))
-        gts, dets = read_prediction_files(
-            Path(args.predictions), Path(args.labels), normalised_mapping(dataset), classes
+        gts, dets, result = evaluate_files(
+            Path(args.predictions),
+            Path(args.labels),
+            normalised_mapping(dataset),
+            classes,
+            files_evaluation_config(classes, overrides.evaluation),
         )
-        result = evaluator.evaluate(gts, dets)
     else:
         raise ConfigError(
             "checkpoint",

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from transferdet.config.validate import typed
 from transferdet.data.prepare import ensure_converted
+from transferdet.detector.pretrained import starting_weights
 from transferdet.training.datamodule import DetectionDataModule
 from transferdet.training.setup import (
     build_trainer,
@@ -35,6 +36,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Train (or resume, or retrain a pruned model) and return the final validation metrics."""
     t, m, aug = typed(cfg, "training"), typed(cfg, "model"), typed(cfg, "augmentation")
     pl.seed_everything(t.random_seed, workers=True, verbose=False)
+    ckpt = resume_path(t.resume, run_dir)
+    start = None if ckpt else starting_weights(m)  # a download or a missing file shows before anything else
     converted = ensure_converted(typed(cfg, "dataset"))
     dm = DetectionDataModule(
         converted,
@@ -44,12 +47,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         eval_batch_size=typed(cfg, "evaluation").batch_size,
         seed=t.random_seed,
     )
-    ckpt = resume_path(t.resume, run_dir)
     module = module_from_config(
         cfg,
         resume_from=ckpt,
         pruned_checkpoint=m.pruned_checkpoint,
-        pretrained=None if ckpt else m.pretrained_model_file,
+        pretrained=start,
         pretrained_strict=m.pretrained_strict,
     )
     module.validation_images_dir = run_dir / "val_images"
