@@ -33,7 +33,7 @@ from transferdet.data.converted import ConvertedDataset
 from transferdet.detector import checkpoint
 from transferdet.errors import ConfigError, DataError
 from transferdet.export.calibration import calibration_images
-from transferdet.export.exporter import ONNX_FILES, export_fp32, quantized, quantized_qdq
+from transferdet.export.exporter import ONNX_FILES, export_fp32, quantized
 from transferdet.inference.backends import threads_per_worker
 from transferdet.inference.evaluate import evaluate_predictor
 from transferdet.inference.predictor import Predictor
@@ -150,10 +150,9 @@ def variants(
         images = None
         if any(k.startswith("int8") for k in needed):
             images = calibration_images(converted, loaded.spec.preprocessing, c.batches * c.batch_size)
-        if "int8" in needed:
-            files["int8"] = quantized(loaded.spec, fp32, work / f"{name}_{ONNX_FILES['int8']}", images, c, e)
-        if "int8_qdq" in needed:
-            files["int8_qdq"] = quantized_qdq(loaded.spec, fp32, work / f"{name}_{ONNX_FILES['int8_qdq']}", images, c)
+        for kind in ("int8", "int8_qdq"):
+            if kind in needed:
+                files[kind] = quantized(loaded.spec, fp32, work / f"{name}_{ONNX_FILES[kind]}", images, c, e, kind)
     rows += [Variant(name, r, p, files[keys[r][p]]) for r in runtimes for p in wanted]
     return rows
 

@@ -84,26 +84,14 @@ def quantized(
     images: np.ndarray,
     c: CalibrationConfig,
     e: ExportConfig,
+    kind: str = "int8",
     dataset: Mapping[str, Any] | None = None,
 ) -> Path:
-    """ONNX Runtime's INT8 model of an fp32 export (operator format, ``export.int8_activations``), calibrated on
-    ``images`` with the calibration settings."""
-    method = c.calibration_method.value
-    quantize_int8(fp32, path, images, method, c.batch_size, e.int8_activations.value, "qoperator")
-    checkpoint.write_onnx_spec(path, spec, dataset)
-    return path
-
-
-def quantized_qdq(
-    spec: DetectorSpec,
-    fp32: Path,
-    path: Path,
-    images: np.ndarray,
-    c: CalibrationConfig,
-    dataset: Mapping[str, Any] | None = None,
-) -> Path:
-    """The portable INT8 model of an fp32 export: QDQ, symmetric int8 activations and weights."""
-    quantize_int8(fp32, path, images, c.calibration_method.value, c.batch_size, "int8", "qdq")
+    """An INT8 model of an fp32 export calibrated on ``images`` with the calibration settings: ``kind`` "int8",
+    ONNX Runtime's (operator format, ``export.int8_activations``), or "int8_qdq", the portable one (QDQ,
+    symmetric int8)."""
+    activations, fmt = (e.int8_activations.value, "qoperator") if kind == "int8" else ("int8", "qdq")
+    quantize_int8(fp32, path, images, c.calibration_method.value, c.batch_size, activations, fmt)
     checkpoint.write_onnx_spec(path, spec, dataset)
     return path
 
@@ -187,8 +175,8 @@ def export_models(
         checkpoint.write_onnx_spec(models["fp16"], spec, dataset)
     elif e.data_type is DataType.int8:
         assert images is not None, "int8 needs calibration images"
-        models["int8"] = quantized(spec, fp32, out / ONNX_FILES["int8"], images, c, e, dataset)
-        models["int8_qdq"] = quantized_qdq(spec, fp32, out / ONNX_FILES["int8_qdq"], images, c, dataset)
+        for kind in ("int8", "int8_qdq"):
+            models[kind] = quantized(spec, fp32, out / ONNX_FILES[kind], images, c, e, kind, dataset)
         ranges = calibrated_ranges(fp32, images, c.calibration_method.value, c.batch_size)
         cache = write_cache(out / CACHE_FILE, ranges, e.tensorrt_version)
     # TensorRT and DeepStream build INT8 from the fp32 model and its calibration cache (TLT's way)
