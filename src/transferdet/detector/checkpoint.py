@@ -205,7 +205,10 @@ class Loaded:
 def build_network(spec: DetectorSpec, weights: Mapping[str, torch.Tensor], path: str | Path) -> DetectNetV2:
     """The network of ``spec`` with ``weights`` loaded strictly; a mismatch is a DataError naming the file."""
     try:
-        network = spec.build_network()
+        # the random initial weights are replaced at once; building them must not move the caller's random
+        # stream (a training run seeded before it loads a pruned model would draw other augmentations)
+        with torch.random.fork_rng(devices=[]):
+            network = spec.build_network()
     except KeyError as err:
         raise DataError(path, f"the channel plan does not fit a ResNet-{spec.model.num_layers}: {err}") from None
     try:
