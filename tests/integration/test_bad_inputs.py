@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from tests.conftest import SMALL, run_cli
+from tests.conftest import SMALL, run_cli, write_png16
 from transferdet.detector.checkpoint import CHECKSUM_KEY, checksum
 from transferdet.inference.tensorrt import tensorrt_unavailable
 
@@ -52,20 +50,9 @@ def two_images(t: Path, first: str = GOOD, second: str = GOOD) -> Path:
 
 
 def png16(path: Path, rgb: bool) -> Path:
-    """A 16-bit PNG (grey or RGB) written by hand: PIL writes only 8-bit RGB."""
-    h, w = 32, 64
-    value = np.linspace(0, 65535, w, dtype=np.uint16)[None, :].repeat(h, 0)
-    pixels = np.stack([value] * 3, -1) if rgb else value
-    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", w, h, 16, 2 if rgb else 0, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
-    )
-    return path
+    """A 16-bit PNG (grey or RGB) of a horizontal gradient."""
+    value = np.linspace(0, 65535, 64, dtype=np.uint16)[None, :].repeat(32, 0)
+    return write_png16(path, np.stack([value] * 3, -1) if rgb else value)
 
 
 def with_image(t: Path, write: Callable[[Path], object], labels: str = GOOD) -> Path:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import write_png16
 from transferdet.data.loader import load_rgb
 from transferdet.errors import ConfigError, DataError
 from transferdet.utils.io import atomic_dir, atomic_path, check_replaceable, resolved, write_text_atomic
@@ -64,27 +65,10 @@ def test_a_symlink_loop_is_a_config_error(tmp_path):
         resolved(tmp_path / "loop" / "x", "dataset.root")
 
 
-def _png16(path, pixels: np.ndarray) -> None:
-    import struct
-    import zlib
-
-    h, w = pixels.shape[:2]
-    rgb = pixels.ndim == 3
-    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", w, h, 16, 2 if rgb else 0, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
-    )
-
-
 @pytest.mark.parametrize("rgb", [False, True], ids=["grey", "rgb"])
 def test_16_bit_pngs_are_scaled_not_clipped(tmp_path, rgb):
     value = np.array([[0, 257 * 64, 257 * 128, 65535]], np.uint16)
-    _png16(tmp_path / "x.png", np.stack([value] * 3, -1) if rgb else value)
+    write_png16(tmp_path / "x.png", np.stack([value] * 3, -1) if rgb else value)
     image = load_rgb(tmp_path / "x.png")
     assert image.dtype == np.uint8 and image.shape == (1, 4, 3)
     assert image[0, :, 0].tolist() == [0, 64, 128, 255]  # (8-bit would read 0, 255, 255, 255 clipped)
