@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transferdet.boxes import fraction_inside, iou_matrix
 from transferdet.data.kitti import KittiObject, read_label_file
 from transferdet.errors import ConfigError
 from transferdet.structures import Detections
@@ -69,23 +70,6 @@ class Truth:
         return Truth.of(read_label_file(path) if path is not None else [])
 
 
-def overlap(dets: np.ndarray, boxes: np.ndarray, own_area: bool = False) -> np.ndarray:
-    """``[M, N]`` IoU of detections and boxes, or (``own_area``) intersection over each detection's area, with
-    the devkit's continuous areas ((x2 - x1) * (y2 - y1))."""
-    if len(dets) == 0 or len(boxes) == 0:
-        return np.zeros((len(dets), len(boxes)))
-    x1 = np.maximum(dets[:, None, 0], boxes[None, :, 0])
-    y1 = np.maximum(dets[:, None, 1], boxes[None, :, 1])
-    x2 = np.minimum(dets[:, None, 2], boxes[None, :, 2])
-    y2 = np.minimum(dets[:, None, 3], boxes[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_d = ((dets[:, 2] - dets[:, 0]) * (dets[:, 3] - dets[:, 1]))[:, None]
-    if own_area:
-        return inter / area_d
-    area_b = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[None, :]
-    return inter / (area_d + area_b - inter)
-
-
 @dataclass
 class _Image:
     """One image cleaned for one class and difficulty (the devkit's ``cleanData``)."""
@@ -112,7 +96,7 @@ def _clean(
     small = np.abs(boxes[:, 3] - boxes[:, 1]) < MIN_HEIGHT[difficulty]
     ignored_det = np.where(small, 1, np.where(of_class, 0, -1))
     dontcare = truth.boxes[truth.types == "dontcare"]
-    return _Image(ignored_gt, ignored_det, scores, overlap(boxes, truth.boxes), overlap(boxes, dontcare, True))
+    return _Image(ignored_gt, ignored_det, scores, iou_matrix(boxes, truth.boxes), fraction_inside(boxes, dontcare))
 
 
 def _statistics(im: _Image, threshold: float, min_overlap: float, compute_fp: bool) -> tuple[int, int, int, list]:
