@@ -242,3 +242,38 @@ def test_dbscan_border_point_between_two_clusters_joins_the_first_numbered():
         assert not core[names.index("border")] and at["a0"] != at["b0"]
         first = "b0" if names.index("b0") < names.index("a0") else "a0"
         assert at["border"] == at[first] == 0
+
+
+def test_a_batch_with_a_class_of_each_algorithm_gives_every_image_and_class_its_own_detections():
+    """The batch is thresholded, bounded and clustered at once: each image's detections are those of the
+    image alone, and each class's those of a one-class post-processor with that class's settings."""
+    rng = np.random.default_rng(7)
+    per_image = [[maps(rng, boxes=boxes) for boxes in ((A, B), (A,), (B,))] for _ in range(3)]
+    cov = np.stack([np.concatenate([c for c, _ in image], 1)[0] for image in per_image])  # [3, 3, 8, 24]
+    bbox = np.stack([np.concatenate([b for _, b in image], 1)[0] for image in per_image])  # [3, 12, 8, 24]
+    settings = [
+        {"clustering_algorithm": ClusteringAlgorithm.dbscan, "confidence_model": ConfidenceModel.mean_cov},
+        {"clustering_algorithm": ClusteringAlgorithm.nms},
+        {"clustering_algorithm": ClusteringAlgorithm.hybrid, "max_candidates": 9},
+    ]
+    classes = ["car", "pedestrian", "cyclist"]
+    cfg = PostprocessingConfig(
+        target_class_config={
+            c: PostprocessingClassConfig(ClusteringConfig(dbscan_eps=0.3, dbscan_min_samples=0.05, **kw))
+            for c, kw in zip(classes, settings)
+        }
+    )
+    batched = Postprocessor(classes, cfg, width=W, height=H, stride=STRIDE, bbox_scale=SCALE, bbox_offset=OFFSET)(
+        cov, bbox
+    )
+    for i, found in enumerate(batched):
+        assert (np.diff(found.scores) <= 0).all() and found.class_ids.dtype == np.int64
+        for k, kw in enumerate(settings):
+            (alone,) = postprocessor(
+                kw["clustering_algorithm"].name, **{x: v for x, v in kw.items() if x != "clustering_algorithm"}
+            )(cov[i : i + 1, k : k + 1], bbox[i : i + 1, 4 * k : 4 * k + 4])
+            mine = found.class_ids == k
+            order = np.argsort(-alone.scores, kind="stable")
+            np.testing.assert_array_equal(found.boxes[mine], alone.boxes[order])
+            np.testing.assert_array_equal(found.scores[mine], alone.scores[order])
+            assert mine.sum() >= 1

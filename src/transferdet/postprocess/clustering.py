@@ -43,23 +43,33 @@ def dbscan_labels(groups: Sequence[Group]) -> list[np.ndarray]:
     among its core neighbours (the first to reach it).
     """
     sizes = [len(g.boxes) for g in groups]
-    total = sum(sizes)
+    ends = np.cumsum(sizes)
+    segments = [(int(e) - n, int(e), g.cfg) for g, n, e in zip(groups, sizes, ends)]
+    boxes = np.concatenate([g.boxes.reshape(-1, 4) for g in groups]) if groups else np.zeros((0, 4))
+    cov = np.concatenate([g.cov for g in groups]) if groups else np.zeros(0)
+    return np.split(dbscan_segments(boxes, cov, segments), ends[:-1])
+
+
+def dbscan_segments(boxes: np.ndarray, cov: np.ndarray, segments: Sequence[tuple[int, int, ClusteringConfig]]):
+    """:func:`dbscan_labels` on flat arrays: each ``[start, end)`` segment of ``boxes [N, 4]`` / ``cov [N]`` is a
+    group clustered alone with its config, in one neighbourhood graph; candidates outside every segment are
+    noise. Labels are numbered across segments in their order."""
+    total = len(boxes)
     labels = np.full(total, -1, np.int64)
-    rows, cols, weights = [], [], []
-    start = 0
-    for g, n in zip(groups, sizes):
-        if n:
-            r, c = np.nonzero(1.0 - iou_matrix(g.boxes, g.boxes) <= g.cfg.dbscan_eps)
+    weights = np.zeros(total)
+    rows, cols = [], []
+    for start, end, cfg in segments:
+        if end > start:
+            r, c = np.nonzero(1.0 - iou_matrix(boxes[start:end], boxes[start:end]) <= cfg.dbscan_eps)
             rows.append(r + start)
             cols.append(c + start)
-            weights.append(g.cov / g.cfg.dbscan_min_samples)
-        start += n
-    if total:
-        r, c, w = np.concatenate(rows), np.concatenate(cols), np.concatenate(weights)  # r ascending
-        core = np.bincount(r, weights=w[c], minlength=total) >= 1.0 - 1e-9
+            weights[start:end] = cov[start:end] / cfg.dbscan_min_samples
+    if rows:
+        r, c = np.concatenate(rows), np.concatenate(cols)  # r ascending
+        core = np.bincount(r, weights=weights[c], minlength=total) >= 1.0 - 1e-9
         if core.any():
             _label_from_core(labels, r, c, core)
-    return np.split(labels, np.cumsum(sizes)[:-1])
+    return labels
 
 
 def _label_from_core(labels: np.ndarray, r: np.ndarray, c: np.ndarray, core: np.ndarray) -> None:
@@ -84,18 +94,22 @@ def _label_from_core(labels: np.ndarray, r: np.ndarray, c: np.ndarray, core: np.
         labels[reached] = border[reached]
 
 
-def merge_clusters(g: Group, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per cluster: the coverage-weighted mean box and its confidence; and the cluster of each candidate."""
+def merge(labels: np.ndarray, boxes: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The clusters of ``labels`` (-1 = none; sorted by label): coverage-weighted mean boxes ``[M, 4]``, summed
+    coverages ``[M]`` and member counts ``[M]``; and which candidates are members and of which cluster."""
     member = labels >= 0
     ids, index = np.unique(labels[member], return_inverse=True)
-    w = g.cov[member]
+    w = cov[member]
     weight = np.bincount(index, weights=w, minlength=len(ids)).astype(np.float64)  # int64 when empty
-    merged = np.stack([np.bincount(index, weights=w * g.boxes[member, c], minlength=len(ids)) for c in range(4)], 1)
+    merged = np.stack([np.bincount(index, weights=w * boxes[member, c], minlength=len(ids)) for c in range(4)], 1)
     merged = merged.astype(np.float64).reshape(-1, 4) / weight[:, None]
-    if g.cfg.confidence_model is ConfidenceModel.aggregate_cov:
-        conf = weight
-    else:
-        conf = weight / np.bincount(index, minlength=len(ids))
+    return merged, weight, np.bincount(index, minlength=len(ids)), member, index
+
+
+def merge_clusters(g: Group, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per cluster: the coverage-weighted mean box and its confidence; and the cluster of each candidate."""
+    merged, weight, count, member, index = merge(labels, g.boxes, g.cov)
+    conf = weight if g.cfg.confidence_model is ConfidenceModel.aggregate_cov else weight / count
     cluster_of = np.full(len(labels), -1)
     cluster_of[member] = index
     return merged, conf, cluster_of

@@ -10,8 +10,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from transferdet.config.schema import ClusteringAlgorithm, ClusteringConfig, PostprocessingConfig
-from transferdet.postprocess.clustering import Group, cluster_dbscan, cluster_hybrid, cluster_nms, dbscan_labels
+from transferdet.config.schema import ClusteringAlgorithm, ClusteringConfig, ConfidenceModel, PostprocessingConfig
+from transferdet.postprocess.clustering import (
+    Group,
+    cluster_dbscan,
+    cluster_hybrid,
+    cluster_nms,
+    dbscan_segments,
+    merge,
+)
 from transferdet.structures import Detections
 
 CLUSTERERS = {
@@ -20,6 +27,16 @@ CLUSTERERS = {
     ClusteringAlgorithm.hybrid: cluster_hybrid,
 }
 NEEDS_DBSCAN = (ClusteringAlgorithm.dbscan, ClusteringAlgorithm.hybrid)
+
+
+def corners(
+    gx: np.ndarray, gy: np.ndarray, ltrb: Sequence[np.ndarray], scale: float, width: float, height: float
+) -> tuple[np.ndarray, ...]:
+    """x1 y1 x2 y2 of the cells anchored at ``gx``, ``gy`` from their L, T, R, B outputs, clipped to the canvas."""
+    left, top, right, bottom = ltrb
+    x1 = np.clip(gx - scale * left, 0, width)
+    y1 = np.clip(gy - scale * top, 0, height)
+    return x1, y1, np.clip(gx + scale * right, x1, width), np.clip(gy + scale * bottom, y1, height)
 
 
 def decode_boxes(
@@ -34,11 +51,8 @@ def decode_boxes(
     h, w = bbox.shape[-2:]
     gx = (np.arange(w, dtype=np.float32) * stride + offset)[None, :]  # [1, W]
     gy = (np.arange(h, dtype=np.float32) * stride + offset)[:, None]  # [H, 1]
-    x1 = np.clip(gx - scale * bbox[..., 0, :, :], 0, width)
-    y1 = np.clip(gy - scale * bbox[..., 1, :, :], 0, height)
-    x2 = np.clip(gx + scale * bbox[..., 2, :, :], x1, width)
-    y2 = np.clip(gy + scale * bbox[..., 3, :, :], y1, height)
-    return np.stack([x1, y1, x2, y2], axis=-3)
+    ltrb = [bbox[..., j, :, :] for j in range(4)]
+    return np.stack(corners(gx, gy, ltrb, scale, width, height), axis=-3)
 
 
 def confidence_threshold(cfg: ClusteringConfig) -> float:
@@ -81,47 +95,62 @@ class Postprocessor:
                 f"expected cov [B, {len(self.classes)}, H, W] and bbox [B, {4 * len(self.classes)}, H, W],"
                 f" got {cov.shape} and {bbox.shape}"
             )
-        boxes = decode_boxes(
-            bbox.reshape(b, c, 4, h, w), self.stride, self.scale, self.offset, self.width, self.height
-        )  # [B, C, 4, H, W]
-        thresholds = np.array([cc.coverage_threshold for cc in self.clustering], np.float32)[None, :, None, None]
-        candidate = cov > thresholds  # [B, C, H, W]
-        groups: list[tuple[int, int, Group]] = []  # (image, class, candidates)
-        for i in range(b):
-            for k, cc in enumerate(self.clustering):
-                ys, xs = np.nonzero(candidate[i, k])
-                if cc.max_candidates and len(ys) > cc.max_candidates:
-                    # the highest coverages, kept in grid order (clustering's numbering follows that order)
-                    top = np.sort(np.argpartition(-cov[i, k, ys, xs], cc.max_candidates - 1)[: cc.max_candidates])
-                    ys, xs = ys[top], xs[top]
-                if len(ys):
-                    groups.append(
-                        (
-                            i,
-                            k,
-                            Group(
-                                boxes[i, k][:, ys, xs].T.astype(np.float64), cov[i, k, ys, xs].astype(np.float64), cc
-                            ),
-                        )
-                    )
-        clustered = [g for _, _, g in groups if g.cfg.clustering_algorithm in NEEDS_DBSCAN]
-        labels = dict(zip(map(id, clustered), dbscan_labels(clustered)))
+        cfgs = self.clustering
+        # every candidate of the batch at once, in (image, class, grid) order: a group is a run of one
+        # (image, class); only its neighbourhood graph and the non-DBSCAN algorithms go group by group
+        image, k, y, x = np.nonzero(cov > np.array([cc.coverage_threshold for cc in cfgs], np.float32)[:, None, None])
+        image, k, y, x = self._bounded(cov, image, k, y, x)
+        gx = x.astype(np.float32) * self.stride + self.offset
+        gy = y.astype(np.float32) * self.stride + self.offset
+        ltrb = bbox.reshape(b, c, 4, h, w)[image, k, :, y, x].T  # [4, N]
+        boxes = np.stack(corners(gx, gy, ltrb, self.scale, self.width, self.height), 1).astype(np.float64)
+        score = cov[image, k, y, x].astype(np.float64)
+        group = image * c + k
+        ends = np.flatnonzero(np.diff(group)) + 1
+        segments = list(zip(np.r_[0, ends].tolist(), np.r_[ends, len(group)].tolist())) if len(group) else []
+        labels = dbscan_segments(
+            boxes, score, [(s, e, cfgs[k[s]]) for s, e in segments if cfgs[k[s]].clustering_algorithm in NEEDS_DBSCAN]
+        )
+        # DBSCAN's clusters of the whole batch merged at once; NMS and hybrid group by group
+        algorithm = np.array([cc.clustering_algorithm for cc in cfgs], object)
+        plain = labels >= 0
+        plain[plain] = algorithm[k[plain]] == ClusteringAlgorithm.dbscan
+        merged, weight, count, member, index = merge(np.where(plain, labels, -1), boxes, score)
+        cluster_k = np.zeros(len(weight), np.int64)
+        cluster_k[index] = k[member]
+        cluster_image = np.zeros(len(weight), np.int64)
+        cluster_image[index] = image[member]
+        aggregate = np.array([cc.confidence_model is ConfidenceModel.aggregate_cov for cc in cfgs])
+        found = [(cluster_image, cluster_k, merged, np.where(aggregate[cluster_k], weight, weight / count))]
+        for s, e in segments:
+            cc = cfgs[k[s]]
+            if cc.clustering_algorithm is not ClusteringAlgorithm.dbscan:
+                bx, conf = CLUSTERERS[cc.clustering_algorithm](Group(boxes[s:e], score[s:e], cc), labels[s:e])
+                found.append((np.full(len(conf), image[s]), np.full(len(conf), k[s]), bx, conf))
+        det_image, det_k, det_boxes, det_conf = (np.concatenate(parts) for parts in zip(*found))
+        min_height = np.array([cc.minimum_bounding_box_height for cc in cfgs])
+        min_conf = np.array([confidence_threshold(cc) for cc in cfgs])
+        keep = (det_boxes[:, 3] - det_boxes[:, 1] >= min_height[det_k]) & (det_conf >= min_conf[det_k])
+        det_image, det_k, det_boxes, det_conf = det_image[keep], det_k[keep], det_boxes[keep], det_conf[keep]
+        # per image, highest confidence first; ties in class order, then in each class's own order
+        order = np.lexsort((det_k, -det_conf, det_image))
+        splits = np.cumsum(np.bincount(det_image, minlength=b))[:-1]
+        return [
+            Detections(bx.reshape(-1, 4), cl.astype(np.int64), cf)
+            for bx, cl, cf in zip(*(np.split(a[order], splits) for a in (det_boxes, det_k, det_conf)))
+        ]
 
-        per_image: list[list[tuple[np.ndarray, np.ndarray, int]]] = [[] for _ in range(b)]
-        for i, k, g in groups:
-            found, conf = CLUSTERERS[g.cfg.clustering_algorithm](g, labels.get(id(g)))
-            keep = ((found[:, 3] - found[:, 1]) >= g.cfg.minimum_bounding_box_height) & (
-                conf >= confidence_threshold(g.cfg)
-            )
-            per_image[i].append((found[keep], conf[keep], k))
-        out = []
-        for found in per_image:
-            if not found:
-                out.append(Detections.empty())
-                continue
-            bx = np.concatenate([f[0] for f in found])
-            cf = np.concatenate([f[1] for f in found])
-            cl = np.concatenate([np.full(len(f[1]), f[2]) for f in found])
-            order = np.argsort(-cf, kind="stable")
-            out.append(Detections(bx[order], cl[order], cf[order]))
-        return out
+    def _bounded(self, cov: np.ndarray, *cells: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The candidates (image, class, y, x) left after the bound: at most ``max_candidates`` per image and
+        class, the highest coverages, in grid order (clustering's numbering follows that order)."""
+        image, k, y, x = cells
+        cap = np.array([cc.max_candidates or len(k) for cc in self.clustering])[k]
+        group = image * cov.shape[1] + k
+        counts = np.bincount(group)
+        if not (counts[group] > cap).any():
+            return cells
+        order = np.lexsort((-cov[image, k, y, x], group))  # by group, highest coverage first
+        rank = np.empty(len(k), np.int64)
+        rank[order] = np.arange(len(k)) - (np.cumsum(counts) - counts)[group[order]]
+        keep = rank < cap
+        return image[keep], k[keep], y[keep], x[keep]
