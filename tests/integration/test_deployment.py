@@ -21,7 +21,7 @@ from tests.conftest import run_cli
 from transferdet.config.overrides import DetectorOverrides
 from transferdet.config.schema import CalibrationConfig, DataType, ExportConfig
 from transferdet.config.tasks import Runtime
-from transferdet.data.loader import load_rgb
+from transferdet.data.images import load_rgb
 from transferdet.detector import checkpoint
 from transferdet.export.calibration import calibration_images
 from transferdet.export.exporter import export_models

@@ -136,7 +136,7 @@ def test_infer_and_evaluate_refuse_bad_inputs(trained, tmp_path, cli):
 def test_stream_gives_what_serial_calls_give_in_order_with_bounded_look_ahead(trained):
     import threading
 
-    from transferdet.data.loader import load_rgb
+    from transferdet.data.images import load_rgb
     from transferdet.errors import DataError
     from transferdet.inference.predictor import Predictor
 

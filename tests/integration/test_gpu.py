@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from transferdet.config.tasks import Precision
-from transferdet.data.loader import load_rgb
+from transferdet.data.images import load_rgb
 from transferdet.detector import checkpoint
 from transferdet.inference.predictor import Predictor
 

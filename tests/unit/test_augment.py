@@ -136,3 +136,5 @@ def test_inference_preprocess_gives_the_evaluation_pixels_exactly(shape, resize,
     reference = aug(img, np.zeros((0, 4), np.float32), np.zeros(0, bool), 0).image
     assert fast.shape == (channels, H, W) and fast.dtype == torch.float32 and fast.is_contiguous()
     assert torch.equal(fast, reference)
+    # decoders hand over [h, w, 3] views of [3, h, w] memory: the same pixels
+    assert torch.equal(aug.preprocess(np.ascontiguousarray(img.transpose(2, 0, 1)).transpose(1, 2, 0)), fast)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import write_png16
-from transferdet.data.loader import load_rgb
+from transferdet.data.images import load_rgb, to_rgb
 from transferdet.errors import ConfigError, DataError
 from transferdet.utils.io import atomic_dir, atomic_path, check_replaceable, resolved, write_text_atomic
 
@@ -74,13 +74,28 @@ def test_16_bit_pngs_are_scaled_not_clipped(tmp_path, rgb):
     assert image[0, :, 0].tolist() == [0, 64, 128, 255]  # (8-bit would read 0, 255, 255, 255 clipped)
 
 
-@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "1", "CMYK", "I;16"])
-def test_every_pil_mode_decodes_to_rgb(tmp_path, mode):
-    Image.new("RGB", (8, 4), (200, 100, 50)).convert(mode).save(
-        tmp_path / "x.png" if mode != "CMYK" else tmp_path / "x.jpg"
-    )
-    image = load_rgb(tmp_path / ("x.png" if mode != "CMYK" else "x.jpg"))
-    assert image.shape == (4, 8, 3) and image.dtype == np.uint8
+@pytest.mark.parametrize(
+    "mode, suffix",
+    [(m, ".png") for m in ("RGB", "L", "LA", "RGBA", "P", "1", "I;16")] + [(m, ".jpg") for m in ("RGB", "L", "CMYK")],
+)
+def test_every_pil_mode_decodes_to_the_pixels_of_pils_rgb_conversion(tmp_path, mode, suffix):
+    """Whichever decoder takes a file (torchvision for 8-bit PNG and JPEG, PIL for the rest), the pixels are
+    PIL's own RGB conversion of it: training, evaluation and inference see the same image."""
+    noise = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    path = tmp_path / f"x{suffix}"
+    Image.fromarray(noise).convert(mode).save(path, **({"quality": 90} if suffix == ".jpg" else {}))
+    image = load_rgb(path)
+    assert image.shape == (37, 53, 3) and image.dtype == np.uint8
+    with Image.open(path) as im:
+        np.testing.assert_array_equal(image, to_rgb(im))
+
+
+def test_a_truncated_png_is_a_data_error_naming_it(tmp_path):
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    data = (tmp_path / "x.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="cut.png: cannot decode image"):
+        load_rgb(tmp_path / "cut.png")
 
 
 def test_a_decompression_bomb_is_refused_by_name(tmp_path):

@@ -77,15 +77,14 @@ class Augmenter:
         if self.train:
             return self(image, np.zeros((0, 4), np.float32), np.zeros(0, bool), 0).image
         pre, W, H = self.cfg.preprocessing, self.width, self.height
-        img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         if pre.resize:
-            img = F.resize(img, [H, W], antialias=True)
-        elif tuple(img.shape[-2:]) != (H, W):
-            canvas = img.new_zeros((img.shape[0], H, W))
-            h, w = min(H, img.shape[1]), min(W, img.shape[2])
-            canvas[:, :h, :w] = img[:, :h, :w]
-            img = canvas
-        out = F.to_dtype(img, torch.float32, scale=True)
+            img = F.resize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), [H, W], antialias=True)
+            out = F.to_dtype(img, torch.float32, scale=True)
+        else:  # crop and pad, transpose and scale in one pass over the pixels (the same floats as to_dtype's)
+            h, w = min(H, image.shape[0]), min(W, image.shape[1])
+            canvas = np.zeros((3, H, W), np.float32) if (h, w) != (H, W) else np.empty((3, H, W), np.float32)
+            np.multiply(image[:h, :w].transpose(2, 0, 1), np.float32(1 / 255), out=canvas[:, :h, :w])
+            out = torch.from_numpy(canvas)
         if pre.output_image_channel == 1:
             out = (0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2])[None]
         return out.contiguous()

@@ -7,37 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from transferdet.config.schema import AugmentationConfig, PreprocessingConfig
 from transferdet.data.augment import Augmenter
 from transferdet.data.converted import ConvertedDataset, SplitIndex
-from transferdet.errors import DataError
+from transferdet.data.images import load_rgb
 from transferdet.structures import GroundTruth
-
-# 16-bit greyscale modes: PIL's convert("RGB") clips them (every value above 255 turns white)
-WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
-def to_rgb(im: Image.Image) -> np.ndarray:
-    """Any PIL image as ``[h, w, 3]`` uint8 RGB: palette, grey, RGBA and 16-bit images scaled correctly."""
-    if im.mode in WIDE_GREY_MODES:
-        grey = (np.asarray(im, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8)  # 0..65535 -> 0..255
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    return np.array(im.convert("RGB"))  # writable: torch tensors share its memory
-
-
-def load_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to ``[h, w, 3]`` uint8 RGB; a broken file is a DataError naming it."""
-    try:
-        with Image.open(path) as im:
-            return to_rgb(im)
-    except FileNotFoundError:
-        raise DataError(path, "image file is missing (moved or deleted since conversion?)") from None
-    except Image.DecompressionBombError as err:
-        raise DataError(path, f"refused: {err}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(path, f"cannot decode image ({err.__class__.__name__}: {err})") from None
 
 
 class DetectionDataset(torch.utils.data.Dataset):

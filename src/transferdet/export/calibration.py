@@ -15,7 +15,7 @@ import numpy as np
 from transferdet.config.schema import AugmentationConfig, PreprocessingConfig
 from transferdet.data.augment import Augmenter
 from transferdet.data.converted import ConvertedDataset
-from transferdet.data.loader import load_rgb
+from transferdet.data.images import load_rgb
 from transferdet.errors import DataError
 from transferdet.utils.io import atomic_path
 

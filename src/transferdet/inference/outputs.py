@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from transferdet.data.images import load_rgb
 from transferdet.data.kitti import KittiObject, write_label_file
-from transferdet.data.loader import load_rgb
 from transferdet.errors import ConfigError, DataError
 from transferdet.inference.predictor import Predictor
 from transferdet.structures import Detections

@@ -113,7 +113,9 @@ class Predictor:
         """Detections for ``[h, w, 3]`` uint8 RGB images, boxes in each image's own pixels."""
         if not images:
             return []
-        batch = torch.stack([self.preprocess(im) for im in images])
+        batch = (
+            torch.stack([self.preprocess(im) for im in images]) if len(images) > 1 else self.preprocess(images[0])[None]
+        )
         found = self.postprocessor(*self.outputs(batch))
         return [self.to_image_coordinates(d, im.shape[1], im.shape[0]) for d, im in zip(found, images)]
 
