@@ -13,6 +13,7 @@ from PIL import Image
 from tests.conftest import LOW_CONFIDENCE, SMALL
 from transferdet.data.kitti import read_label_file
 from transferdet.detector import checkpoint
+from transferdet.inference.backends import machine_cores
 
 SIZE = SMALL
 LOW = LOW_CONFIDENCE
@@ -265,6 +266,8 @@ def test_benchmark_writes_a_table_json_and_chart(trained, tmp_path, cli):
         "benchmark.batch_sizes=[1,2]",
         "benchmark.gpu_batch_sizes=[2,4]",
         "benchmark.repeats=2",
+        "benchmark.video_streams=[1,3]",
+        "benchmark.video_frames=5",
         f"hydra.run.dir={tmp_path / 'bench'}",
     )
     assert r.returncode == 0, r.stderr[-3000:]
@@ -285,7 +288,17 @@ def test_benchmark_writes_a_table_json_and_chart(trained, tmp_path, cli):
     assert all(
         x["speedup_e2e"] == pytest.approx(1.0) for x in rows if (x["runtime"], x["precision"]) == ("torch", "fp32")
     )
-    assert out["workers"] == 2
+    assert out["workers"] == machine_cores()  # by default one per core
+    # video streams: every variant at 1 and 3 concurrent streams, each stream's frames all processed
+    streams = out["video_streams"]
+    assert sorted((x["runtime"], x["precision"], x["streams"]) for x in streams) == sorted(
+        (rt, p, n) for rt, p in runtimes for n in (1, 3)
+    )
+    for x in streams:
+        assert x["fps_per_stream"] > 0 and x["frames_per_s"] == pytest.approx(x["streams"] * x["fps_per_stream"])
+        assert x["sustains_30fps"] == (x["fps_per_stream"] >= 30)
+    table = (tmp_path / "bench" / "streams.md").read_text()
+    assert "| unpruned | onnxruntime | int8 | 3 |" in table and "30-FPS streams sustained" in table
     md = (tmp_path / "bench" / "benchmark.md").read_text()
     assert md.count("\n") == 2 + len(rows) and "| unpruned | onnxruntime | int8 | 2 |" in md
     assert (tmp_path / "bench" / "benchmark.png").read_bytes()[:4] == b"\x89PNG"

@@ -15,7 +15,6 @@ export and calibration settings. Two timings per row, in the same run:
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -24,24 +23,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from transferdet.bench.streams import measure_streams, streams_sustained, write_video
 from transferdet.config.overrides import DetectorOverrides
 from transferdet.config.schema import CalibrationConfig, DataType, ExportConfig
 from transferdet.config.tasks import BenchmarkSettings, Precision, Runtime
 from transferdet.data.converted import ConvertedDataset
+from transferdet.data.images import decode_rgb
 from transferdet.detector import checkpoint
 from transferdet.errors import ConfigError, DataError
 from transferdet.export.calibration import calibration_images
 from transferdet.export.exporter import ONNX_FILES, export_fp32, quantized
-from transferdet.inference.backends import threads_per_worker
+from transferdet.inference.backends import threads_per_worker, workers_or_default
 from transferdet.inference.evaluate import evaluate_predictor
 from transferdet.inference.predictor import Predictor
 from transferdet.inference.tensorrt import require_tensorrt
 from transferdet.utils.plots import figure, save_figure
 
 log = logging.getLogger(__name__)
-TENSORRT_MODEL = {"int8": "int8_qdq"}  # the exported model TensorRT runs for a precision (others: the same)
+TENSORRT_MODEL = {"int8": "int8_qdq"}
+STREAM_SECONDS = 2.0
+STREAM_IMAGES = (
+    256  # the most images one streamed run takes  # the exported model TensorRT runs for a precision (others: the same)
+)
 
 
 @dataclass(frozen=True)
@@ -63,14 +67,16 @@ def _timings(fn: Callable[[], object], repeats: int) -> np.ndarray:
 
 
 def encoded_images(converted: Path, count: int) -> list[bytes]:
-    """``count`` validation images as their files' bytes (decoding is part of the end-to-end time)."""
+    """``count`` validation images as their files' bytes (decoding is part of the end-to-end time); a split
+    smaller than ``count`` is repeated."""
     val = ConvertedDataset(converted).split("val")
-    return [Path(val[i % len(val)].image_path).read_bytes() for i in range(count)]
+    files = [Path(val[i].image_path).read_bytes() for i in range(min(count, len(val)))]
+    return [files[i % len(files)] for i in range(count)]
 
 
 def decode(data: bytes) -> np.ndarray:
-    """PNG/JPEG bytes to ``[h, w, 3]`` uint8 RGB (the end-to-end timings include it)."""
-    return np.array(Image.open(io.BytesIO(data)).convert("RGB"))
+    """Image file bytes to ``[h, w, 3]`` uint8 RGB, as ``infer`` decodes them (the end-to-end timings include it)."""
+    return decode_rgb(data, "<benchmark image>")
 
 
 def measure(
@@ -89,11 +95,15 @@ def measure(
     network = _timings(lambda: predictor.outputs(tensors), repeats) / batch
     e2e = _timings(lambda: predictor([decode(b) for b in images[:batch]]), repeats) / batch
 
+    # the stream lasts about STREAM_SECONDS (at the serial speed), at least 4 rounds of batches in flight, so
+    # filling and draining the workers is a small part of it
+    count = max(4 * workers * batch, min(len(images), int(STREAM_SECONDS / float(np.median(e2e)))))
+
     def stream() -> None:
-        for _ in (streamer or predictor).stream(images, decode, batch, workers):
+        for _ in (streamer or predictor).stream(images[:count], decode, batch, workers):
             pass
 
-    streamed = _timings(stream, 3) / len(images)
+    streamed = _timings(stream, 3) / count
     return {
         "network_ms_p50": 1e3 * float(np.median(network)),
         "network_ms_p90": 1e3 * float(np.percentile(network, 90)),
@@ -185,14 +195,18 @@ def run_benchmark(
     c: CalibrationConfig,
     converted: Path,
     work: Path,
-) -> list[dict]:
-    """One row per variant and batch size, with the speedup over the first model's PyTorch fp32 row."""
+) -> tuple[list[dict], list[dict]]:
+    """One row per variant and batch size, with the speedup over the first model's PyTorch fp32 row; and, where
+    ``benchmark.video_streams`` asks for them, one row per variant and number of concurrent video streams."""
     torch.set_num_threads(settings.threads or torch.get_num_threads())
+    workers = workers_or_default(settings.workers)
     sizes = list(settings.batch_sizes)
     if torch.cuda.is_available():  # larger batches where a GPU has the room for them
         sizes += [b for b in settings.gpu_batch_sizes if b not in sizes]
-    images = encoded_images(converted, max(16, 2 * settings.workers * max(sizes)))
+    images = encoded_images(converted, max(STREAM_IMAGES, 4 * workers * max(sizes)))
+    video = stream_video(images, work / "streams.mp4") if settings.video_streams else None
     rows: list[dict] = []
+    stream_rows: list[dict] = []
     every = [
         v
         for name, path in models.items()
@@ -204,11 +218,11 @@ def run_benchmark(
         predictor = Predictor.load(v.path, v.runtime, overrides, precision=precision)
         # the streamed run shares the cores out between its workers (ONNX Runtime threads are per session)
         streamer = predictor
-        if v.runtime is Runtime.onnxruntime and settings.workers > 1:
-            streamer = Predictor.load(v.path, v.runtime, overrides, threads=threads_per_worker(settings.workers))
+        if v.runtime is Runtime.onnxruntime and workers > 1:
+            streamer = Predictor.load(v.path, v.runtime, overrides, threads=threads_per_worker(workers))
         m_ap = evaluate_predictor(predictor, converted).result.mean_ap() if settings.map else float("nan")
         for batch in sizes:
-            r = measure(predictor, images, batch, settings.repeats, streamer, settings.workers)
+            r = measure(predictor, images, batch, settings.repeats, streamer, workers)
             r.update(
                 model=v.model,
                 runtime=v.runtime.value,
@@ -229,6 +243,18 @@ def run_benchmark(
                 r["e2e_images_per_s"],
                 r["network_ms_p50"],
             )
+        if video is not None:
+            for r in measure_streams(streamer, video, list(settings.video_streams), settings.video_frames, workers):
+                r.update(model=v.model, runtime=v.runtime.value, precision=v.precision)
+                stream_rows.append(r)
+                log.info(
+                    "%s %s %s, %d video streams: %.1f FPS each",
+                    v.model,
+                    v.runtime.value,
+                    v.precision,
+                    r["streams"],
+                    r["fps_per_stream"],
+                )
     base = {
         r["batch"]: r
         for r in rows
@@ -238,7 +264,35 @@ def run_benchmark(
         r["speedup_e2e"] = base[r["batch"]]["e2e_ms_p50"] / r["e2e_ms_p50"]
         r["e2e_over_network"] = r["e2e_images_per_s"] / r["network_images_per_s"]
         r["streams_30fps"] = r["e2e_images_per_s"] / 30.0
-    return rows
+    return rows, stream_rows
+
+
+def stream_video(images: list[bytes], path: Path) -> Path:
+    """The video the streams play: up to 30 distinct images of the benchmark, 2 seconds at 30 FPS, cropped to
+    the smallest of their sizes (a video has one)."""
+    distinct = [decode(b) for b in dict.fromkeys(images[:30])]
+    h, w = min(im.shape[0] for im in distinct), min(im.shape[1] for im in distinct)
+    return write_video([im[:h, :w] for im in distinct], 60, path)
+
+
+def streams_markdown(rows: list[dict]) -> str:
+    """The video-streams table (``streams.md``): frames per second each stream gets, per number of streams, and
+    per variant the most streams that all got 30 FPS."""
+    lines = [
+        "| model | runtime | precision | streams | FPS per stream | frames/s in all | 30 FPS each |",
+        "|" + "---|" * 7,
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['runtime']} | {r['precision']} | {r['streams']} | {r['fps_per_stream']:.1f} | "
+            f"{r['frames_per_s']:.1f} | {'yes' if r['sustains_30fps'] else 'no'} |"
+        )
+    lines += ["", "| model | runtime | precision | 30-FPS streams sustained (of those measured) |", "|---|---|---|---|"]
+    variants_ = dict.fromkeys((r["model"], r["runtime"], r["precision"]) for r in rows)
+    for key in variants_:
+        sustained = streams_sustained([r for r in rows if (r["model"], r["runtime"], r["precision"]) == key])
+        lines.append(f"| {' | '.join(key)} | {sustained} |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(rows: list[dict]) -> str:

@@ -55,7 +55,7 @@ class InferTask(ModelTask):
     checkpoint: str | None = None
     input: str | None = None
     batch_size: int = 8
-    workers: int = 2
+    workers: int | None = None  # None: one per core
     draw_threshold: float = 0.0
     runtime: Runtime = Runtime.torch
     precision: Precision = Precision.fp32
@@ -91,8 +91,11 @@ class BenchmarkSettings:
     gpu_batch_sizes: list[int] = field(default_factory=lambda: [16, 64])
     repeats: int = 10
     threads: int | None = None
-    workers: int = 2
+    workers: int | None = None  # None: one per core
     map: bool = True
+    # numbers of concurrent video streams to measure (e.g. [1, 2, 4, 8]); None: no video streams
+    video_streams: list[int] | None = None
+    video_frames: int = 60  # frames each stream plays
 
 
 @dataclass
@@ -119,7 +122,8 @@ def _check(args: Any) -> None:
     """Ranges a type cannot express."""
     if isinstance(args, InferTask):
         _positive("batch_size", args.batch_size)
-        _positive("workers", args.workers)
+        if args.workers is not None:
+            _positive("workers", args.workers, "an integer >= 1, or null for one per core")
         if not (math.isfinite(args.draw_threshold) and 0 <= args.draw_threshold <= 1):
             raise ConfigError("draw_threshold", args.draw_threshold, "a number in [0, 1]")
     if isinstance(args, PruneTask) and (not args.sweep_ratios or not all(0 < r < 1 for r in args.sweep_ratios)):
@@ -128,12 +132,14 @@ def _check(args: Any) -> None:
         )
     if isinstance(args, BenchmarkTask):
         b = args.benchmark
-        _positive("benchmark.workers", b.workers, "an integer >= 1 (batches in flight in the streamed run)")
+        if b.workers is not None:
+            _positive("benchmark.workers", b.workers, "an integer >= 1 (batches in flight in the streamed run)")
         _positive("benchmark.repeats", b.repeats)
         if b.threads is not None:
             _positive("benchmark.threads", b.threads, "an integer >= 1, or null for the machine's default")
-        for name in ("batch_sizes", "gpu_batch_sizes"):
-            for i, v in enumerate(getattr(b, name)):
+        _positive("benchmark.video_frames", b.video_frames)
+        for name in ("batch_sizes", "gpu_batch_sizes", "video_streams"):
+            for i, v in enumerate(getattr(b, name) or []):
                 _positive(f"benchmark.{name}[{i}]", v)
         if not b.batch_sizes:
             raise ConfigError("benchmark.batch_sizes", [], "at least one batch size")

@@ -35,9 +35,23 @@ class Backend(Protocol):
     def __call__(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def threads_per_worker(workers: int) -> int:
+def machine_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or ``taskset``'s limit)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def workers_or_default(workers: int | None) -> int:
+    """Concurrent batches of a stream: ``workers``, or by default one per core (each decodes, preprocesses,
+    runs and clusters its own batch, so every core has work whichever stage is the slow one)."""
+    return workers or machine_cores()
+
+
+def threads_per_worker(workers: int | None) -> int:
     """Runtime threads for each of ``workers`` concurrent batches: the machine's cores shared out."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+    return max(1, machine_cores() // workers_or_default(workers))
 
 
 class CudaGraphs:

@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from transferdet.bench.models import check_models, markdown, plot, run_benchmark
+from transferdet.bench.models import check_models, markdown, plot, run_benchmark, streams_markdown
 from transferdet.config.overrides import DetectorOverrides
 from transferdet.config.tasks import task_args
 from transferdet.config.validate import typed
 from transferdet.data.prepare import dataset_for_model, ensure_converted
 from transferdet.detector import checkpoint
+from transferdet.inference.backends import workers_or_default
 from transferdet.utils.io import write_json_atomic, write_text_atomic
 from transferdet.utils.rundir import write_config
 
@@ -32,15 +33,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     specs = {name: checkpoint.read_spec(path).with_overrides(overrides) for name, path in models.items()}
     write_config(run_dir, cfg, {"models_settings": {name: spec.as_config() for name, spec in specs.items()}})
     converted = ensure_converted(dataset_for_model(typed(cfg, "dataset"), next(iter(models.values()))))
-    rows = run_benchmark(models, b, overrides, typed(cfg, "export"), typed(cfg, "calibration"), converted, run_dir)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    write_json_atomic(
-        run_dir / "benchmark.json",
-        {"device": device, "threads": torch.get_num_threads(), "workers": b.workers, "rows": rows},
+    rows, streams = run_benchmark(
+        models, b, overrides, typed(cfg, "export"), typed(cfg, "calibration"), converted, run_dir
     )
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    summary = {"device": device, "threads": torch.get_num_threads(), "workers": workers_or_default(b.workers)}
+    write_json_atomic(run_dir / "benchmark.json", {**summary, "rows": rows, "video_streams": streams})
     write_text_atomic(run_dir / "benchmark.md", markdown(rows))
     plot(rows, run_dir / "benchmark.png")
     print(markdown(rows))
+    if streams:
+        write_text_atomic(run_dir / "streams.md", streams_markdown(streams))
+        print(streams_markdown(streams))
     metrics = {}
     for r in rows:
         key = f"{r['model']}/{r['runtime']}_{r['precision']}/b{r['batch']}"

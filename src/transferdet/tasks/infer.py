@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from transferdet.config.overrides import DetectorOverrides
 from transferdet.config.tasks import task_args
 from transferdet.errors import ConfigError
-from transferdet.inference.backends import threads_per_worker
+from transferdet.inference.backends import threads_per_worker, workers_or_default
 from transferdet.inference.outputs import infer_path
 from transferdet.inference.predictor import Predictor
 from transferdet.utils.rundir import write_config
@@ -30,14 +30,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         raise ConfigError("checkpoint", None, "a transferdet checkpoint file (checkpoint=PATH)")
     if not args.input or not Path(args.input).exists():
         raise ConfigError("input", args.input, "an existing image file, folder of images, or video file (input=PATH)")
+    workers = workers_or_default(args.workers)
     predictor = Predictor.load(
         args.checkpoint,
         args.runtime,
         DetectorOverrides.from_config(cfg),
-        threads=threads_per_worker(args.workers),
+        threads=threads_per_worker(workers),
         precision=args.precision,
     )
     write_config(run_dir, cfg, predictor.spec.as_config())
-    n, kind = infer_path(predictor, Path(args.input), run_dir, args.batch_size, args.draw_threshold, args.workers)
+    n, kind = infer_path(predictor, Path(args.input), run_dir, args.batch_size, args.draw_threshold, workers)
     log.info("%d %s: labels in %s", n, kind, run_dir / "labels")
     return {"infer/num_images": n}
