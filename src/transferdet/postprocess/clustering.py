@@ -127,12 +127,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return keep.numpy()
 
 
-def cluster_dbscan(g: Group, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One box per DBSCAN cluster: the coverage-weighted mean box and its confidence."""
-    boxes, conf, _ = merge_clusters(g, labels)
-    return boxes, conf
-
-
 def cluster_nms(g: Group, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Hard NMS over the candidates, confidence = coverage."""
     keep = nms(g.boxes, g.cov, g.cfg.nms_iou_threshold)

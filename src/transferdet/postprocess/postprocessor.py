@@ -13,7 +13,6 @@ import numpy as np
 from transferdet.config.schema import ClusteringAlgorithm, ClusteringConfig, ConfidenceModel, PostprocessingConfig
 from transferdet.postprocess.clustering import (
     Group,
-    cluster_dbscan,
     cluster_hybrid,
     cluster_nms,
     dbscan_segments,
@@ -21,8 +20,8 @@ from transferdet.postprocess.clustering import (
 )
 from transferdet.structures import Detections
 
+# the algorithms that run image by image and class by class (DBSCAN's clusters are merged for the whole batch)
 CLUSTERERS = {
-    ClusteringAlgorithm.dbscan: cluster_dbscan,
     ClusteringAlgorithm.nms: cluster_nms,
     ClusteringAlgorithm.hybrid: cluster_hybrid,
 }
