@@ -41,11 +41,9 @@ from transferdet.inference.tensorrt import require_tensorrt
 from transferdet.utils.plots import figure, save_figure
 
 log = logging.getLogger(__name__)
-TENSORRT_MODEL = {"int8": "int8_qdq"}
-STREAM_SECONDS = 2.0
-STREAM_IMAGES = (
-    256  # the most images one streamed run takes  # the exported model TensorRT runs for a precision (others: the same)
-)
+TENSORRT_MODEL = {"int8": "int8_qdq"}  # the exported model TensorRT runs for a precision (others: the same)
+STREAM_SECONDS = 2.0  # about how long one streamed run lasts (at the serial speed)
+STREAM_IMAGES = 256  # the most images one streamed run takes
 
 
 @dataclass(frozen=True)
