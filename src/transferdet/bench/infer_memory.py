@@ -19,7 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from transferdet.bench.streams import write_video
 from transferdet.config.schema import SynthConfig
+from transferdet.data.images import load_rgb
 from transferdet.data.synth import generate
 from transferdet.detector import checkpoint
 
@@ -37,25 +39,6 @@ def _peak_rss_mib(args: list[str]) -> tuple[float, float]:
     if int(rc) != 0:
         raise SystemExit(f"infer failed ({rc}): {' '.join(args)}")
     return int(rss_kib) / 1024, float(seconds)
-
-
-def _video(images: list[Path], frames: int, path: Path) -> Path:
-    import av
-    import numpy as np
-    from PIL import Image
-
-    with av.open(str(path), "w", format="mp4") as sink:
-        first = Image.open(images[0])
-        stream = sink.add_stream("libx264", rate=25)
-        stream.width, stream.height = first.width // 2 * 2, first.height // 2 * 2
-        stream.pix_fmt = "yuv420p"
-        for i in range(frames):
-            rgb = np.asarray(Image.open(images[i % len(images)]).convert("RGB"))[: stream.height, : stream.width]
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
-                sink.mux(packet)
-        for packet in stream.encode():
-            sink.mux(packet)
-    return path
 
 
 def main() -> None:
@@ -81,7 +64,8 @@ def main() -> None:
             (small / im.name).symlink_to(im)
         inputs = {f"folder_{a.small}": small, f"folder_{a.large}": tmp / "ds" / "image_2"}
         for frames in a.frames:
-            inputs[f"video_{frames}_frames"] = _video(images, frames, tmp / f"v{frames}.mp4")
+            frames_rgb = [load_rgb(p) for p in images[:frames]]
+            inputs[f"video_{frames}_frames"] = write_video(frames_rgb, frames, tmp / f"v{frames}.mp4")
         base = [sys.executable, "-m", "transferdet", "infer", f"checkpoint={a.checkpoint}"]
         for name, source in inputs.items():
             start = time.perf_counter()
