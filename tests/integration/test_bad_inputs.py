@@ -415,6 +415,20 @@ case(
     "config key 'synth.image_width'",
     "an integer",
 )
+case(
+    "unknown-style",
+    "synth",
+    lambda t, a: [f"dataset.root={t / 'ds'}", "synth.style=photo"],
+    "config key 'synth.style' has value 'photo'",
+    "textured",
+)
+case(
+    "jpeg-quality-zero",
+    "synth",
+    lambda t, a: [f"dataset.root={t / 'ds'}", "synth=kitti", "synth.jpeg_quality_min=0"],
+    "config key 'synth.jpeg_quality_min' has value 0",
+    "[1, 100]",
+)
 
 # ---- train: config keys, groups, starting weights, resuming, distillation
 TRAIN = ["model=resnet10", *SMALL, "training.num_workers=0", "callbacks.progress_bar=null"]

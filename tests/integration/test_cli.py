@@ -142,3 +142,19 @@ def test_hydra_flags_anywhere_on_the_line(cli, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "ds_3" / "synth.json").is_file() and (tmp_path / "ds_4" / "synth.json").is_file()
+
+
+def test_synth_recognises_a_dataset_from_before_the_style_settings(tmp_path, cli):
+    """A synth.json written before the textured style existed names the same dataset as today's defaults:
+    the pipeline's second run reuses it instead of refusing the folder; synth=kitti is another dataset."""
+    root = tmp_path / "ds"
+    assert cli("synth", f"dataset.root={root}", "synth.num_images=2").returncode == 0
+    record = json.loads((root / "synth.json").read_text())
+    assert record["settings"]["style"] == "flat"
+    for key in ("style", "object_height_median", "object_height_spread", "blur_max", "jpeg_quality_min"):
+        del record["settings"][key]
+    (root / "synth.json").write_text(json.dumps(record))
+    r = cli("synth", f"dataset.root={root}", "synth.num_images=2")
+    assert r.returncode == 0 and "already holds this synthetic dataset" in r.stdout + r.stderr, r.stderr[-2000:]
+    r = cli("synth", f"dataset.root={root}", "synth=kitti", "synth.num_images=2")
+    assert r.returncode == 2 and "synth.overwrite=true" in r.stderr, r.stderr[-2000:]

@@ -123,3 +123,30 @@ def test_training_steps_at_kitti_resolution_then_evaluate_and_infer(converted, t
         )
         assert Image.open(drawn).size == Image.open(p).size  # annotated at the image's own size
         assert next((tmp_path / "infer").rglob(f"{p.stem}.txt")).is_file()
+
+
+def test_pretrain_on_kitti_like_scenes_then_finetune_on_real_frames(converted, tmp_path):
+    """The documented recipe in miniature: synth=kitti scenes, experiment=kitti_pretrain on them, and
+    experiment=kitti_finetune on the real frames starting from that model, every weight taken."""
+    r = run_cli("synth", "synth=kitti", "synth.num_images=10", "dataset.root=data/synthetic_kitti", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    short = ["training.num_epochs=1", "training.num_workers=0", "+trainer.limit_train_batches=2"]
+    short += ["+trainer.limit_val_batches=1", "callbacks.progress_bar=null"]
+    r = run_cli("train", "experiment=kitti_pretrain", *short, f"hydra.run.dir={tmp_path / 'pre'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    pretrained = tmp_path / "pre" / "checkpoints" / "last.ckpt"
+    r = run_cli(
+        "train",
+        "experiment=kitti_finetune",
+        f"dataset.root={REAL}",
+        f"dataset.converted_dir={converted}",
+        f"model.pretrained_model_file={pretrained}",
+        *short,
+        f"hydra.run.dir={tmp_path / 'fine'}",
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (tmp_path / "fine" / "train.log").read_text()
+    assert "tensors loaded" in log, log[-3000:]  # strict loading: every tensor of the model, or an error
+    losses = [v for k, v in json.loads((tmp_path / "fine" / "metrics.json").read_text()).items() if "loss" in k]
+    assert losses and all(np.isfinite(losses))

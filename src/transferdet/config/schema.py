@@ -51,6 +51,11 @@ class EvaluationProtocol(Enum):
     kitti = "kitti"  # also KITTI's own (the object devkit's rules), from the dataset's label files
 
 
+class SynthStyle(Enum):
+    flat = "flat"  # plain-coloured shapes on a plain road: the default pipeline's scenes
+    textured = "textured"  # shaded and textured surfaces, shadows, facades and trees, oblique parked cars
+
+
 class RegularizerType(Enum):
     NO_REG = "NO_REG"
     L1 = "L1"
@@ -373,6 +378,13 @@ class SynthConfig:
     num_distractors: int = 6  # upper bound of clutter objects (poles, signs, bins, blobs) per image
     noise_stddev: float = 0.03  # pixel noise, in [0,1] intensity units
     min_object_height: float = 10.0  # pixels; objects farther away than this are not placed
+    style: SynthStyle = SynthStyle.flat
+    # object heights: null = the default spread; a fraction of the image height = the median of a log-normal
+    # with the spread below (KITTI's cars: median 0.12, spread 0.65)
+    object_height_median: Optional[float] = None
+    object_height_spread: float = 0.65
+    blur_max: float = 0.0  # Gaussian blur of the whole image, sigma drawn in [0, blur_max] pixels
+    jpeg_quality_min: int = 100  # < 100: each image passes through JPEG at a quality drawn in [this, 100]
     overwrite: bool = False  # replace an existing dataset at dataset.root
 
 

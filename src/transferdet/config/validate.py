@@ -333,6 +333,11 @@ def validate_synth(s: S.SynthConfig) -> None:
     _require(s.num_distractors >= 0, "synth.num_distractors", s.num_distractors, "an integer >= 0")
     _in_range("synth.noise_stddev", s.noise_stddev, 0, 1)
     _require(s.min_object_height >= 2, "synth.min_object_height", s.min_object_height, "a number >= 2 (pixels)")
+    if s.object_height_median is not None:
+        _in_range("synth.object_height_median", s.object_height_median, 0, 1, lo_open=True)
+    _require(s.object_height_spread > 0, "synth.object_height_spread", s.object_height_spread, "a number > 0")
+    _require(s.blur_max >= 0, "synth.blur_max", s.blur_max, "a number >= 0 (pixels)")
+    _in_range("synth.jpeg_quality_min", s.jpeg_quality_min, 1, 100)
 
 
 def validate_export(e: S.ExportConfig) -> None:

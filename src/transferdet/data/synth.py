@@ -11,20 +11,27 @@ boxes) occlude farther ones. The label fields are honest:
 * far-away groups of tiny cars are labelled ``dontcare``, as KITTI does;
 * 3D fields (dimensions, location, rotation_y, alpha) follow from the camera model.
 
+``style: textured`` (``synth=kitti``) narrows the gap to real frames: shaded and textured surfaces, shadows
+under objects and across the road, house facades with windows or tree lines along the road, cars parked at
+the kerb seen at an angle; ``object_height_median``, ``blur_max`` and ``jpeg_quality_min`` match object scales
+and the camera's blur and compression. The flat default draws exactly as before these options existed.
+
 Everything is drawn from one ``numpy`` generator seeded per image (``seed`` + image index), so a
 dataset is reproducible image by image, whatever the number of images.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
+from transferdet.config.schema import SynthStyle
 from transferdet.data.kitti import KittiObject, write_label_file
 
 CAMERA_HEIGHT = 1.65  # metres above the road, as KITTI's
@@ -42,6 +49,7 @@ PALETTE_CAR = [
     (90, 20, 90),
     (210, 100, 20),
 ]
+PALETTE_FACADE = [(205, 185, 150), (228, 226, 218), (205, 125, 65), (150, 150, 148), (215, 195, 115), (165, 85, 60)]
 
 
 @dataclass
@@ -67,11 +75,41 @@ def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(c) for c in rng.integers(0, 256, 3))  # type: ignore[return-value]
 
 
+def _noise(rng: np.random.Generator, h: int, w: int, cell: float, amp: float) -> np.ndarray:
+    """Smooth multiplicative texture around 1: normal values on a grid of ``cell``-pixel squares, upsampled."""
+    grid = rng.normal(0.0, 1.0, (max(2, int(h / cell) + 2), max(2, int(w / cell) + 2))).astype(np.float32)
+    return 1.0 + amp * np.asarray(Image.fromarray(grid, mode="F").resize((w, h), Image.BILINEAR))
+
+
+def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Coarse blotches and fine grain, as on asphalt, walls and foliage: an ``h`` x ``w`` x 1 gain."""
+    return (_noise(rng, h, w, max(h, w) / 8, 0.08) * _noise(rng, h, w, 2.5, 0.05))[..., None]
+
+
+class _Shifted:
+    """An ImageDraw whose shapes are moved ``dx`` pixels right: one face of an obliquely seen car."""
+
+    def __init__(self, d, dx: float) -> None:
+        self._d, self._dx = d, dx
+
+    def __getattr__(self, name: str):
+        draw = getattr(self._d, name)
+
+        def call(xy, *args, **kwargs):
+            if isinstance(xy[0], tuple):
+                xy = [(x + self._dx, y) for x, y in xy]
+            else:
+                xy = [v + self._dx if i % 2 == 0 else v for i, v in enumerate(xy)]
+            return draw(xy, *args, **kwargs)
+
+        return call
+
+
 class SceneRenderer:
     """Renders one scene of ``width`` x ``height`` pixels."""
 
-    def __init__(self, width: int, height: int, rng: np.random.Generator) -> None:
-        self.w, self.h, self.rng = width, height, rng
+    def __init__(self, width: int, height: int, rng: np.random.Generator, textured: bool = False) -> None:
+        self.w, self.h, self.rng, self.textured = width, height, rng, textured
         self.focal = 0.58 * width  # KITTI: f ~ 721 px for 1242 px wide images
         self.horizon = height * rng.uniform(0.38, 0.5)
         self.cx = width / 2 + rng.uniform(-0.05, 0.05) * width  # vanishing point
@@ -84,7 +122,7 @@ class SceneRenderer:
     def place(self, kind: str, view: str, size: tuple[float, float, float], depth: float, lateral: float) -> Placed:
         """An object of ``size`` (h, w, l metres) at ``depth`` and ``lateral`` offset, projected."""
         h_real, w_real, l_real = size
-        across = l_real if view == "side" else w_real
+        across = {"side": l_real, "oblique": w_real + 0.35 * l_real}.get(view, w_real)
         bottom = self.horizon + self.focal * CAMERA_HEIGHT / depth
         h_px = self.focal * h_real / depth
         w_px = self.focal * across / depth
@@ -125,14 +163,73 @@ class SceneRenderer:
                     u = self.cx + self.focal * (lane * 1.8 + sign * 0.08) / z
                     pts.append((u, self.horizon + self.focal * CAMERA_HEIGHT / z))
                 d.polygon(pts, fill=(225, 225, 210))
+        if self.textured:
+            self._roadside(d, road_half=half_bottom * CAMERA_HEIGHT / max(h - hz, 1))
+            arr = np.asarray(pil, np.float32) * _texture(rng, h, w)
+            pil = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
         return pil
 
+    # --------------------------------------------------------------- textured style: the world along the road
+    def _project(self, lateral: float, up: float, depth: float) -> tuple[float, float]:
+        """Image position of a point ``lateral`` m right, ``up`` m above the road, ``depth`` m ahead."""
+        return self.cx + self.focal * lateral / depth, self.horizon + self.focal * (CAMERA_HEIGHT - up) / depth
+
+    def _quad(self, d, lateral: float, up0: float, up1: float, z0: float, z1: float, fill) -> None:
+        """A vertical rectangle in the plane ``lateral`` m to the side, from depth z0 to z1, up0 to up1 m high."""
+        p = self._project
+        d.polygon([p(lateral, up0, z0), p(lateral, up1, z0), p(lateral, up1, z1), p(lateral, up0, z1)], fill=fill)
+
+    def _roadside(self, d, road_half: float) -> None:
+        """Pavements, then house facades with windows or a line of trees on each side, and shadows on the road."""
+        rng, p = self.rng, self._project
+        for side in (-1.0, 1.0):
+            kerb, walk = side * road_half, side * (road_half + rng.uniform(1.5, 3.5))
+            pave = _colour(rng, (150, 148, 145), 25)
+            d.polygon([p(kerb, 0, 1.5), p(walk, 0, 1.5), p(walk, 0, 300), p(kerb, 0, 300)], fill=pave)
+            if rng.random() < 0.55:  # a street of houses
+                z = 300.0
+                while z > 1.5:  # far to near, so nearer houses cover farther ones at the skyline
+                    z0 = max(z - rng.uniform(6, 16), 1.5)
+                    top = rng.uniform(5, 14)
+                    self._quad(d, walk, 0, top, z0, z, _colour(rng, PALETTE_FACADE[rng.integers(6)], 20))
+                    self._quad(d, walk, top, top + 1.2, z0, z, _colour(rng, (120, 60, 45), 25))  # roof edge
+                    glass = _colour(rng, (55, 65, 75), 20)
+                    for floor in np.arange(1.0, top - 1.5, 3.0):
+                        for wz in np.arange(z0 + 1.0, z - 1.0, 2.6):
+                            self._quad(d, walk, floor, floor + 1.3, wz, wz + 1.1, glass)
+                    z = z0
+            else:  # trees and hedges
+                for z in sorted(rng.uniform(2.5, 120, int(rng.integers(8, 30))), reverse=True):
+                    x = walk + side * rng.uniform(0, 6)
+                    tx, ty = p(x, 0, z)
+                    trunk = self.focal * 0.25 / z
+                    crown = self.focal * rng.uniform(1.2, 3.5) / z
+                    top = ty - self.focal * rng.uniform(2.5, 6) / z
+                    d.rectangle([tx - trunk / 2, top, tx + trunk / 2, ty], fill=_colour(rng, (70, 55, 40), 15))
+                    d.ellipse([tx - crown, top - crown, tx + crown, top + crown], fill=_colour(rng, (45, 80, 35), 25))
+        for _ in range(int(rng.integers(0, 4))):  # shadows of unseen trees and buildings across the road
+            z0 = rng.uniform(3, 40)
+            z1, x0 = z0 + rng.uniform(1, 8), rng.uniform(-12, 4)
+            x1 = x0 + rng.uniform(3, 12)
+            dark = _colour(rng, (55, 55, 60), 10)
+            d.polygon([p(x0, 0, z0), p(x1, 0, z0), p(x1, 0, z1), p(x0, 0, z1)], fill=dark)
+
     # --------------------------------------------------------------- shapes, drawn in local box coordinates
-    def draw_car(self, d: ImageDraw.ImageDraw, w: float, h: float, view: str) -> None:
-        """A car in a ``w`` x ``h`` box, seen from the side, the rear or the front."""
+    def draw_car(self, d: ImageDraw.ImageDraw, w: float, h: float, view: str, side_right: bool = False) -> None:
+        """A car in a ``w`` x ``h`` box, seen from the side, the rear, the front, or (``oblique``) its rear or
+        front and one side at once, the side towards the vanishing point (on the right: ``side_right``)."""
         rng = self.rng
         body = _colour(rng, PALETTE_CAR[rng.integers(len(PALETTE_CAR))])
         glass = _colour(rng, (60, 80, 100), 20)
+        if view != "oblique":
+            self._car_face(d, w, h, view, body, glass)
+            return
+        face = "rear" if rng.random() < 0.75 else "front"
+        end = rng.uniform(0.4, 0.6) * w
+        self._car_face(_Shifted(d, 0.0 if side_right else w - end), end, h, face, body, glass)
+        self._car_face(_Shifted(d, end if side_right else 0.0), w - end, h, "side", body, glass)
+
+    def _car_face(self, d, w: float, h: float, view: str, body, glass) -> None:
         tyre = (20, 20, 20)
         if view == "side":
             r = 0.2 * h
@@ -245,7 +342,8 @@ def _covered_fraction(box: Placed, nearer: list[Placed]) -> float:
 def render_image(index: int, cfg) -> tuple[Image.Image, list[KittiObject]]:
     """One synthetic scene and its KITTI objects. ``cfg`` is a :class:`~transferdet.config.schema.SynthConfig`."""
     rng = np.random.default_rng([cfg.seed, index])
-    sc = SceneRenderer(cfg.image_width, cfg.image_height, rng)
+    textured = SynthStyle(cfg.style) is SynthStyle.textured
+    sc = SceneRenderer(cfg.image_width, cfg.image_height, rng, textured)
     W, H = sc.w, sc.h
     max_px = (H - sc.horizon) * 1.15  # the nearest objects nearly fill the ground area
 
@@ -256,9 +354,15 @@ def render_image(index: int, cfg) -> tuple[Image.Image, list[KittiObject]]:
     for _ in range(int(rng.integers(cfg.min_objects, cfg.max_objects + 1))):
         cls = classes[rng.choice(len(classes), p=p)]
         size = tuple(s * rng.uniform(0.85, 1.15) for s in SIZES[cls])
-        pixels = cfg.min_object_height * (max_px / cfg.min_object_height) ** rng.uniform(0, 1) ** 0.6
+        if cfg.object_height_median is None:
+            pixels = cfg.min_object_height * (max_px / cfg.min_object_height) ** rng.uniform(0, 1) ** 0.6
+        else:  # log-normal, as KITTI's box heights
+            pixels = H * cfg.object_height_median * math.exp(rng.normal(0.0, cfg.object_height_spread))
+            pixels = min(pixels, max_px)
         depth = sc.depth_for_height(max(pixels, cfg.min_object_height), size[0])
-        if cls == "car":
+        if cls == "car" and textured and rng.random() < 0.5:  # parked at the kerb, seen at an angle
+            view, lateral = "oblique", rng.choice([-1, 1]) * rng.uniform(3.0, 6.0)
+        elif cls == "car":
             view = rng.choice(["side", "rear", "rear", "front"])
             lateral = rng.uniform(-9, 9)
         else:
@@ -309,13 +413,17 @@ def render_image(index: int, cfg) -> tuple[Image.Image, list[KittiObject]]:
         mask = Image.new("L", (bw, bh), 0)
         d = _LayerDraw(ImageDraw.Draw(layer), ImageDraw.Draw(mask))
         if o.kind == "car":
-            sc.draw_car(d, bw, bh, o.view)
+            sc.draw_car(d, bw, bh, o.view, side_right=o.lateral < 0)
         elif o.kind == "pedestrian":
             sc.draw_pedestrian(d, bw, bh, o.view)
         elif o.kind == "cyclist":
             sc.draw_cyclist(d, bw, bh, o.view)
         else:
             sc.draw_clutter(d, bw, bh, o.kind)
+        if textured:
+            _shadow(img, o, rng)
+            shaded = np.asarray(layer, np.float32) * np.linspace(1.15, 0.7, bh)[:, None, None]  # lit from above
+            layer = Image.fromarray((shaded * _texture(rng, bh, bw)).clip(0, 255).astype(np.uint8))
         img.paste(layer, (x0, y0), mask)
         m = np.asarray(mask) > 0
         # the part of the layer that falls inside the image
@@ -340,7 +448,12 @@ def render_image(index: int, cfg) -> tuple[Image.Image, list[KittiObject]]:
         if truncated > 0.75 or hidden > 0.9:
             continue
         occluded = 0 if hidden < 0.1 else 1 if hidden < 0.5 else 2
-        ry = {"side": math.pi * (rng.random() < 0.5), "rear": -math.pi / 2, "front": math.pi / 2}[o.view]
+        ry = {
+            "side": math.pi * (rng.random() < 0.5),
+            "rear": -math.pi / 2,
+            "front": math.pi / 2,
+            "oblique": -math.pi / 2 + math.copysign(0.6, o.lateral),
+        }[o.view]
         ry = (ry + rng.normal(0, 0.05) + math.pi) % (2 * math.pi) - math.pi
         alpha = (ry - math.atan2(o.lateral, o.depth) + math.pi) % (2 * math.pi) - math.pi
         objects.append(
@@ -366,7 +479,24 @@ def render_image(index: int, cfg) -> tuple[Image.Image, list[KittiObject]]:
     shade = np.linspace(rng.uniform(0.8, 1.0), rng.uniform(0.8, 1.0), W)[None, :, None]
     arr = arr * gain * shade + rng.normal(0.0, cfg.noise_stddev, arr.shape)
     img = Image.fromarray((arr.clip(0, 1) * 255 + 0.5).astype(np.uint8))
+    if cfg.blur_max > 0:  # focus and motion: the camera's, not the renderer's sharp edges
+        img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, cfg.blur_max))))
+    if cfg.jpeg_quality_min < 100:
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=int(rng.integers(cfg.jpeg_quality_min, 101)))
+        img = Image.open(buf).convert("RGB")
     return img, objects
+
+
+def _shadow(img: Image.Image, o: Placed, rng: np.random.Generator) -> None:
+    """Darken the road under ``o``: a flat ellipse around its bottom edge."""
+    w, h = o.x2 - o.x1, o.y2 - o.y1
+    box = [o.x1 - 0.05 * w, o.y2 - 0.08 * h, o.x2 + 0.08 * w, o.y2 + 0.05 * h]
+    x0, y0 = int(math.floor(box[0])), int(math.floor(box[1]))
+    size = (max(int(math.ceil(box[2])) - x0, 2), max(int(math.ceil(box[3])) - y0, 2))
+    mask = Image.new("L", size, 0)
+    ImageDraw.Draw(mask).ellipse([0, 0, size[0] - 1, size[1] - 1], fill=int(255 * rng.uniform(0.35, 0.65)))
+    img.paste(Image.new("RGB", size, 0), (x0, y0), mask)
 
 
 class _LayerDraw:

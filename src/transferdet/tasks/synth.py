@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from enum import Enum
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -20,9 +21,19 @@ log = logging.getLogger(__name__)
 RECORD = "synth.json"
 
 
+# settings added after datasets were first written: a record without them was made with these values
+LATER_DEFAULTS = {
+    "style": "flat",
+    "object_height_median": None,
+    "object_height_spread": 0.65,
+    "blur_max": 0.0,
+    "jpeg_quality_min": 100,
+}
+
+
 def _settings(cfg: DictConfig) -> dict:
     dataset, synth = typed(cfg, "dataset"), typed(cfg, "synth")
-    settings = dataclasses.asdict(synth)
+    settings = {k: v.value if isinstance(v, Enum) else v for k, v in dataclasses.asdict(synth).items()}
     settings.pop("overwrite")
     settings.update(image_dir_name=dataset.image_dir_name, label_dir_name=dataset.label_dir_name)
     return settings
@@ -38,7 +49,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             previous = json.loads((root / RECORD).read_text())
         except (OSError, ValueError):
             previous = {}
-        if previous.get("settings") != settings:
+        if {**LATER_DEFAULTS, **previous.get("settings", {})} != settings:
             raise ConfigError(
                 "dataset.root",
                 str(root),
