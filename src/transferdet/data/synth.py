@@ -227,7 +227,27 @@ class SceneRenderer:
         face = "rear" if rng.random() < 0.75 else "front"
         end = rng.uniform(0.4, 0.6) * w
         self._car_face(_Shifted(d, 0.0 if side_right else w - end), end, h, face, body, glass)
-        self._car_face(_Shifted(d, end if side_right else 0.0), w - end, h, "side", body, glass)
+        self._car_flank(_Shifted(d, end if side_right else 0.0), w - end, h, body, glass, near_left=side_right)
+
+    @staticmethod
+    def _car_flank(d, w: float, h: float, body, glass, near_left: bool) -> None:
+        """A car's side in perspective, joined to its rear or front at the near edge (left: ``near_left``):
+        towards the far end the roof line stays near the horizon and the sill rises, so the side reads as the
+        continuation of one car, not as a second car beside the first."""
+
+        def at(t: float, f: float) -> tuple[float, float]:  # t: near (0) to far (1); f: roof (0) to ground (1)
+            top, bottom = 0.02 * h + 0.06 * h * t, h - 1 - 0.18 * h * t
+            return (t * w if near_left else w - t * w), top + f * (bottom - top)
+
+        d.polygon([at(0, 0), at(0.85, 0.04), at(1, 0.42), at(0, 0.42)], fill=body)
+        d.polygon([at(0.05, 0.08), at(0.8, 0.11), at(0.93, 0.4), at(0.05, 0.4)], fill=glass)
+        d.line([at(0.48, 0.08), at(0.5, 0.4)], fill=body, width=max(1, int(0.04 * w)))
+        d.polygon([at(0, 0.38), at(1, 0.38), at(1, 0.84), at(0, 0.84)], fill=body)
+        for t in (0.18, 0.82):
+            (cx, bottom), (_, top) = at(t, 1), at(t, 0)
+            r = 0.17 * (bottom - top)
+            d.ellipse([cx - 0.8 * r, bottom - 2 * r, cx + 0.8 * r, bottom], fill=(20, 20, 20))
+            d.ellipse([cx - 0.4 * r, bottom - 1.5 * r, cx + 0.4 * r, bottom - 0.5 * r], fill=(150, 150, 150))
 
     def _car_face(self, d, w: float, h: float, view: str, body, glass) -> None:
         tyre = (20, 20, 20)
