@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-from enum import Enum
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from transferdet.config import typed
+from transferdet.config.structured import to_plain
 from transferdet.data.synth import generate
 from transferdet.errors import ConfigError
 from transferdet.utils.io import atomic_dir, check_replaceable, write_json_atomic
@@ -33,7 +32,7 @@ LATER_DEFAULTS = {
 
 def _settings(cfg: DictConfig) -> dict:
     dataset, synth = typed(cfg, "dataset"), typed(cfg, "synth")
-    settings = {k: v.value if isinstance(v, Enum) else v for k, v in dataclasses.asdict(synth).items()}
+    settings = to_plain(synth)
     settings.pop("overwrite")
     settings.update(image_dir_name=dataset.image_dir_name, label_dir_name=dataset.label_dir_name)
     return settings
