@@ -54,9 +54,7 @@ def maps(rng, boxes=(A, B), noise_cells=12):
 
 
 def postprocessor(algorithm: str, **kw) -> Postprocessor:
-    cc = ClusteringConfig(
-        clustering_algorithm=ClusteringAlgorithm[algorithm], dbscan_eps=0.3, dbscan_min_samples=0.05, **kw
-    )
+    cc = ClusteringConfig(clustering_algorithm=ClusteringAlgorithm[algorithm], **{"dbscan_eps": 0.3, **kw})
     cfg = PostprocessingConfig(target_class_config={"car": PostprocessingClassConfig(cc)})
     return Postprocessor(["car"], cfg, width=W, height=H, stride=STRIDE, bbox_scale=SCALE, bbox_offset=OFFSET)
 
@@ -96,6 +94,36 @@ def test_height_and_confidence_filters():
     assert len(postprocessor("dbscan", minimum_bounding_box_height=70)(cov, bbox)[0].boxes) == 1  # only B is 90 tall
     assert len(postprocessor("dbscan", dbscan_confidence_threshold=1e6)(cov, bbox)[0].boxes) == 0
     assert len(postprocessor("nms", nms_confidence_threshold=0.01)(cov, bbox)[0].boxes) > 2  # noise passes at 0.01
+
+
+def test_dbscan_nms_drops_the_less_confident_of_two_overlapping_clusters():
+    """One object whose cells fall into two DBSCAN clusters (eps smaller than the spread of their boxes): both
+    are detections without ``dbscan_nms_iou_threshold``; with it, the less confident one goes, and the same
+    two clusters in two classes or two images stay."""
+    shifted = (A[0] + 8, A[1] + 4, A[2] + 8, A[3] + 4)  # IoU 0.72 with A: 1 - IoU > eps 0.2
+    cov = np.zeros((1, 1, H // STRIDE, W // STRIDE), np.float32)
+    bbox = np.zeros((1, 4, H // STRIDE, W // STRIDE), np.float32)
+    for box, cells, c in ((A, [(3, j) for j in range(3, 6)], 0.8), (shifted, [(3, j) for j in range(6, 8)], 0.4)):
+        for (i, j), t in zip(cells, encode(box, cells)):
+            cov[0, 0, i, j], bbox[0, :, i, j] = c, t
+    (both,) = postprocessor("dbscan", dbscan_eps=0.2)(cov, bbox)
+    assert len(both.boxes) == 2 and np.abs(both.boxes - np.array([A, shifted])).max() < 1e-3
+    (one,) = postprocessor("dbscan", dbscan_eps=0.2, dbscan_nms_iou_threshold=0.5)(cov, bbox)
+    np.testing.assert_array_equal(one.boxes, both.boxes[:1])
+    np.testing.assert_array_equal(one.scores, both.scores[:1])
+    (still,) = postprocessor("dbscan", dbscan_eps=0.2, dbscan_nms_iou_threshold=0.9)(cov, bbox)
+    np.testing.assert_array_equal(still.boxes, both.boxes)  # they overlap by less than 0.9
+    # per image and class: one cluster in each of two classes, or of two images, do not suppress each other
+    first, second = np.where(np.arange(W // STRIDE) < 6, cov, 0), np.where(np.arange(W // STRIDE) >= 6, cov, 0)
+    cfg = ClusteringConfig(dbscan_eps=0.2, dbscan_min_samples=0.05, dbscan_nms_iou_threshold=0.5)
+    two = PostprocessingConfig(target_class_config={c: PostprocessingClassConfig(cfg) for c in ("car", "van")})
+    pp = Postprocessor(["car", "van"], two, width=W, height=H, stride=STRIDE, bbox_scale=SCALE, bbox_offset=OFFSET)
+    (classes,) = pp(np.concatenate([first, second], 1), np.concatenate([bbox, bbox], 1))
+    assert sorted(classes.class_ids.tolist()) == [0, 1]
+    images = postprocessor("dbscan", dbscan_eps=0.2, dbscan_nms_iou_threshold=0.5)(
+        np.concatenate([first, second]), np.concatenate([bbox, bbox])
+    )
+    assert [len(d.boxes) for d in images] == [1, 1]
 
 
 def test_coverage_threshold_and_empty_output():

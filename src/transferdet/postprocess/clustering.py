@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
+from torchvision.ops import batched_nms as tv_batched_nms
 from torchvision.ops import nms as tv_nms
 
 from transferdet.boxes import iou_matrix
@@ -122,6 +123,19 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     keep = tv_nms(
         torch.from_numpy(np.ascontiguousarray(boxes, np.float32)),
         torch.from_numpy(np.ascontiguousarray(scores, np.float32)),
+        iou_threshold,
+    )
+    return keep.numpy()
+
+
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices kept by hard NMS within each group (boxes of different groups never suppress each other)."""
+    if len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    keep = tv_batched_nms(
+        torch.from_numpy(np.ascontiguousarray(boxes, np.float32)),
+        torch.from_numpy(np.ascontiguousarray(scores, np.float32)),
+        torch.from_numpy(np.ascontiguousarray(groups, np.int64)),
         iou_threshold,
     )
     return keep.numpy()
