@@ -652,14 +652,14 @@ case(
     "an integer >= 0",
 )
 case(
-    "fragment-nms-out-of-range",
+    "fragment-merge-out-of-range",
     "infer",
     lambda t, a: [
         f"checkpoint={a['ckpt']}",
         f"input={a['images']}",
-        "postprocessing.target_class_config.car.clustering_config.dbscan_nms_iou_threshold=1.5",
+        "postprocessing.target_class_config.car.clustering_config.dbscan_merge_iou_threshold=1.5",
     ],
-    "dbscan_nms_iou_threshold' has value 1.5",
+    "dbscan_merge_iou_threshold' has value 1.5",
     "a number in [0, 1]",
 )
 case(

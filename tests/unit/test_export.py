@@ -172,7 +172,7 @@ def test_deepstream_config_parses_and_names_existing_files(onnx_fp32, tmp_path):
 
 def test_deepstream_config_says_what_it_cannot_express(onnx_fp32, tmp_path, caplog):
     # nvinfer's DBSCAN has no NMS over its clusters: the export keeps the rest and warns, naming the class
-    fragments = ClusteringConfig(dbscan_nms_iou_threshold=0.7)
+    fragments = ClusteringConfig(dbscan_merge_iou_threshold=0.7)
     post = PostprocessingConfig(
         target_class_config={"car": PostprocessingClassConfig(fragments), "cyclist": PostprocessingClassConfig()}
     )
@@ -180,7 +180,7 @@ def test_deepstream_config_says_what_it_cannot_express(onnx_fp32, tmp_path, capl
         write_deepstream(
             tmp_path, onnx_file=onnx_fp32, classes=["car", "cyclist"], width=W, height=H, data_type="fp32", post=post
         )
-    warned = [r.getMessage() for r in caplog.records if "dbscan_nms_iou_threshold" in r.getMessage()]
+    warned = [r.getMessage() for r in caplog.records if "dbscan_merge_iou_threshold" in r.getMessage()]
     assert len(warned) == 1 and "car's" in warned[0] and "0.7" in warned[0]
 
 

@@ -13,6 +13,7 @@ from transferdet.config.schema import (
     PostprocessingConfig,
 )
 from transferdet.postprocess import Postprocessor, decode_boxes
+from transferdet.postprocess.clustering import fuse_overlapping
 
 W, H, STRIDE, SCALE, OFFSET = 384, 128, 16, 35.0, 0.5
 A = (40.0, 30.0, 120.0, 90.0)
@@ -96,34 +97,48 @@ def test_height_and_confidence_filters():
     assert len(postprocessor("nms", nms_confidence_threshold=0.01)(cov, bbox)[0].boxes) > 2  # noise passes at 0.01
 
 
-def test_dbscan_nms_drops_the_less_confident_of_two_overlapping_clusters():
-    """One object whose cells fall into two DBSCAN clusters (eps smaller than the spread of their boxes): both
-    are detections without ``dbscan_nms_iou_threshold``; with it, the less confident one goes, and the same
-    two clusters in two classes or two images stay."""
+def test_dbscan_merge_fuses_two_overlapping_clusters_of_one_object():
+    """One object whose cells fall into two DBSCAN clusters (eps smaller than the spread of their boxes): two
+    detections without ``dbscan_merge_iou_threshold``; with it one, their confidence-weighted mean box with the
+    higher confidence; the same two clusters in two classes or two images stay apart."""
     shifted = (A[0] + 8, A[1] + 4, A[2] + 8, A[3] + 4)  # IoU 0.72 with A: 1 - IoU > eps 0.2
     cov = np.zeros((1, 1, H // STRIDE, W // STRIDE), np.float32)
     bbox = np.zeros((1, 4, H // STRIDE, W // STRIDE), np.float32)
-    for box, cells, c in ((A, [(3, j) for j in range(3, 6)], 0.8), (shifted, [(3, j) for j in range(6, 8)], 0.4)):
+    for box, cells, c in ((A, [(3, j) for j in range(3, 6)], 0.75), (shifted, [(3, j) for j in range(6, 8)], 0.5)):
         for (i, j), t in zip(cells, encode(box, cells)):
             cov[0, 0, i, j], bbox[0, :, i, j] = c, t
     (both,) = postprocessor("dbscan", dbscan_eps=0.2)(cov, bbox)
-    assert len(both.boxes) == 2 and np.abs(both.boxes - np.array([A, shifted])).max() < 1e-3
-    (one,) = postprocessor("dbscan", dbscan_eps=0.2, dbscan_nms_iou_threshold=0.5)(cov, bbox)
-    np.testing.assert_array_equal(one.boxes, both.boxes[:1])
-    np.testing.assert_array_equal(one.scores, both.scores[:1])
-    (still,) = postprocessor("dbscan", dbscan_eps=0.2, dbscan_nms_iou_threshold=0.9)(cov, bbox)
+    np.testing.assert_allclose(both.boxes, [A, shifted], atol=1e-3)
+    np.testing.assert_allclose(both.scores, [2.25, 1.0], rtol=1e-6)  # aggregate coverage: 3 x 0.75, 2 x 0.5
+    (one,) = postprocessor("dbscan", dbscan_eps=0.2, dbscan_merge_iou_threshold=0.5)(cov, bbox)
+    np.testing.assert_allclose(one.boxes, [(2.25 * np.array(A) + np.array(shifted)) / 3.25], atol=1e-3)
+    np.testing.assert_allclose(one.scores, [2.25], rtol=1e-6)
+    (still,) = postprocessor("dbscan", dbscan_eps=0.2, dbscan_merge_iou_threshold=0.9)(cov, bbox)
     np.testing.assert_array_equal(still.boxes, both.boxes)  # they overlap by less than 0.9
-    # per image and class: one cluster in each of two classes, or of two images, do not suppress each other
+    # per image and class: one cluster in each of two classes, or of two images, are not fused
     first, second = np.where(np.arange(W // STRIDE) < 6, cov, 0), np.where(np.arange(W // STRIDE) >= 6, cov, 0)
-    cfg = ClusteringConfig(dbscan_eps=0.2, dbscan_min_samples=0.05, dbscan_nms_iou_threshold=0.5)
+    cfg = ClusteringConfig(dbscan_eps=0.2, dbscan_merge_iou_threshold=0.5)
     two = PostprocessingConfig(target_class_config={c: PostprocessingClassConfig(cfg) for c in ("car", "van")})
     pp = Postprocessor(["car", "van"], two, width=W, height=H, stride=STRIDE, bbox_scale=SCALE, bbox_offset=OFFSET)
     (classes,) = pp(np.concatenate([first, second], 1), np.concatenate([bbox, bbox], 1))
-    assert sorted(classes.class_ids.tolist()) == [0, 1]
-    images = postprocessor("dbscan", dbscan_eps=0.2, dbscan_nms_iou_threshold=0.5)(
+    np.testing.assert_allclose(classes.boxes, both.boxes, atol=1e-3)
+    assert classes.class_ids.tolist() == [0, 1]
+    images = postprocessor("dbscan", dbscan_eps=0.2, dbscan_merge_iou_threshold=0.5)(
         np.concatenate([first, second]), np.concatenate([bbox, bbox])
     )
-    assert [len(d.boxes) for d in images] == [1, 1]
+    np.testing.assert_allclose(np.concatenate([d.boxes for d in images]), both.boxes, atol=1e-3)
+
+
+def test_fusion_is_greedy_by_confidence():
+    """As NMS would suppress them: c overlaps b but not a; b joins a (the most confident), so c leads its own."""
+    a, b, c = (0.0, 0.0, 10.0, 10.0), (2.0, 0.0, 12.0, 10.0), (5.0, 0.0, 15.0, 10.0)  # IoU a-b 0.67, b-c 0.54
+    boxes, conf = np.array([c, b, a]), np.array([0.2, 0.5, 0.9])
+    fused, lead = fuse_overlapping(boxes, conf, 0.5)
+    assert lead.tolist() == [True, False, True]
+    np.testing.assert_allclose(fused[2], (0.9 * np.array(a) + 0.5 * np.array(b)) / 1.4)
+    np.testing.assert_array_equal(fused[0], c)
+    fused, lead = fuse_overlapping(boxes, conf, 0.7)
+    assert lead.all() and (fused == boxes).all()
 
 
 def test_coverage_threshold_and_empty_output():

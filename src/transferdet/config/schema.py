@@ -316,9 +316,9 @@ class ClusteringConfig:
     nms_iou_threshold: float = 0.5
     nms_confidence_threshold: float = 0.1
     minimum_bounding_box_height: float = 4.0
-    # dbscan only, not in TLT: a cluster overlapping a more confident one of its class by IoU > this is dropped
-    # (hard NMS over the clusters' boxes: a small object's cells can fall into several clusters); 1 = off
-    dbscan_nms_iou_threshold: float = 1.0
+    # dbscan only, not in TLT: clusters of one class overlapping the most confident by IoU > this are fused into it
+    # (a small object's cells can fall into several clusters); 1 = off
+    dbscan_merge_iou_threshold: float = 1.0
     # the most candidate cells (highest coverage first) one image's class is clustered from: bounds the cost of
     # clustering (quadratic in the candidates) whatever the model's state; 0 = no bound
     max_candidates: int = 300

@@ -267,7 +267,7 @@ def validate_postprocessing(p: S.PostprocessingConfig) -> None:
             "a number > 0 (minimum sum of coverage of a core point)",
         )
         _in_range(f"{key}.nms_iou_threshold", cc.nms_iou_threshold, 0, 1)
-        _in_range(f"{key}.dbscan_nms_iou_threshold", cc.dbscan_nms_iou_threshold, 0, 1)
+        _in_range(f"{key}.dbscan_merge_iou_threshold", cc.dbscan_merge_iou_threshold, 0, 1)
         _require(
             cc.dbscan_confidence_threshold >= 0,
             f"{key}.dbscan_confidence_threshold",

@@ -94,12 +94,12 @@ def nvinfer_config(
     groups: dict[str, Mapping[str, object]] = {"property": prop}
     for k, cls in enumerate(classes):
         cc = post.target_class_config[cls].clustering_config
-        if cc.clustering_algorithm is ClusteringAlgorithm.dbscan and cc.dbscan_nms_iou_threshold < 1:
+        if cc.clustering_algorithm is ClusteringAlgorithm.dbscan and cc.dbscan_merge_iou_threshold < 1:
             log.warning(
-                "DeepStream's DBSCAN has no NMS over its clusters: %s's dbscan_nms_iou_threshold %g is not in"
-                " the nvinfer config, and DeepStream may give a few more overlapping %s boxes than transferdet",
+                "DeepStream's DBSCAN does not fuse overlapping clusters: %s's dbscan_merge_iou_threshold %g is not"
+                " in the nvinfer config, and DeepStream may give a few more overlapping %s boxes than transferdet",
                 cls,
-                cc.dbscan_nms_iou_threshold,
+                cc.dbscan_merge_iou_threshold,
                 cls,
             )
         groups[f"class-attrs-{k}"] = {

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
-from torchvision.ops import batched_nms as tv_batched_nms
 from torchvision.ops import nms as tv_nms
 
 from transferdet.boxes import iou_matrix
@@ -128,17 +127,26 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return keep.numpy()
 
 
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Indices kept by hard NMS within each group (boxes of different groups never suppress each other)."""
-    if len(boxes) == 0:
-        return np.zeros(0, np.int64)
-    keep = tv_batched_nms(
-        torch.from_numpy(np.ascontiguousarray(boxes, np.float32)),
-        torch.from_numpy(np.ascontiguousarray(scores, np.float32)),
-        torch.from_numpy(np.ascontiguousarray(groups, np.int64)),
-        iou_threshold,
-    )
-    return keep.numpy()
+def fuse_overlapping(boxes: np.ndarray, conf: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy fusion of one image's detections of one class: the most confident takes every other one that
+    overlaps it by IoU > ``iou_threshold`` (those NMS would suppress), and its box becomes their
+    confidence-weighted mean; then the most confident of those left, and so on. Returns the boxes (fused where a
+    detection leads; its confidence, the highest of its members, stays) and which detections lead."""
+    n = len(boxes)
+    order = np.argsort(-conf, kind="stable")
+    overlap = iou_matrix(boxes[order], boxes[order]) > iou_threshold
+    lead = np.full(n, -1)
+    for i in range(n):
+        if lead[i] < 0:
+            lead[(lead < 0) & overlap[i]] = i
+            lead[i] = i
+    leader = np.empty(n, np.int64)
+    leader[order] = order[lead]
+    w = np.maximum(conf, 1e-12)  # a plain mean where every confidence is 0
+    total = np.bincount(leader, weights=w, minlength=n)
+    fused = np.stack([np.bincount(leader, weights=w * boxes[:, c], minlength=n) for c in range(4)], 1)
+    leads = leader == np.arange(n)
+    return np.where(leads[:, None], fused / np.where(leads, total, 1)[:, None], boxes), leads
 
 
 def cluster_nms(g: Group, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

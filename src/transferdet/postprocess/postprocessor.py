@@ -13,10 +13,10 @@ import numpy as np
 from transferdet.config.schema import ClusteringAlgorithm, ClusteringConfig, ConfidenceModel, PostprocessingConfig
 from transferdet.postprocess.clustering import (
     Group,
-    batched_nms,
     cluster_hybrid,
     cluster_nms,
     dbscan_segments,
+    fuse_overlapping,
     merge,
 )
 from transferdet.structures import Detections
@@ -131,8 +131,9 @@ class Postprocessor:
         min_height = np.array([cc.minimum_bounding_box_height for cc in cfgs])
         min_conf = np.array([confidence_threshold(cc) for cc in cfgs])
         keep = (det_boxes[:, 3] - det_boxes[:, 1] >= min_height[det_k]) & (det_conf >= min_conf[det_k])
-        keep[keep] = ~self._fragments(det_image[keep], det_k[keep], det_boxes[keep], det_conf[keep])
         det_image, det_k, det_boxes, det_conf = det_image[keep], det_k[keep], det_boxes[keep], det_conf[keep]
+        det_boxes, lead = self._fuse_fragments(det_image, det_k, det_boxes, det_conf)
+        det_image, det_k, det_boxes, det_conf = det_image[lead], det_k[lead], det_boxes[lead], det_conf[lead]
         # per image, highest confidence first; ties in class order, then in each class's own order
         order = np.lexsort((det_k, -det_conf, det_image))
         splits = np.cumsum(np.bincount(det_image, minlength=b))[:-1]
@@ -141,21 +142,23 @@ class Postprocessor:
             for bx, cl, cf in zip(*(np.split(a[order], splits) for a in (det_boxes, det_k, det_conf)))
         ]
 
-    def _fragments(self, image: np.ndarray, k: np.ndarray, boxes: np.ndarray, conf: np.ndarray) -> np.ndarray:
-        """Which detections ``dbscan_nms_iou_threshold`` drops: DBSCAN clusters overlapping a more confident
-        cluster of the same image and class by more than their class's threshold."""
-        drop = np.zeros(len(k), bool)
+    def _fuse_fragments(
+        self, image: np.ndarray, k: np.ndarray, boxes: np.ndarray, conf: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """DBSCAN clusters of one image and class that overlap by more than their class's
+        ``dbscan_merge_iou_threshold``, fused (:func:`fuse_overlapping`): the boxes, and which detections stay."""
         limit = np.array(
             [
-                cc.dbscan_nms_iou_threshold if cc.clustering_algorithm is ClusteringAlgorithm.dbscan else 1.0
+                cc.dbscan_merge_iou_threshold if cc.clustering_algorithm is ClusteringAlgorithm.dbscan else 1.0
                 for cc in self.clustering
             ]
         )
-        for t in np.unique(limit[limit < 1]):
-            sel = np.flatnonzero(limit[k] == t)
-            drop[sel] = True
-            drop[sel[batched_nms(boxes[sel], conf[sel], image[sel] * len(self.classes) + k[sel], float(t))]] = False
-        return drop
+        boxes, lead = boxes.copy(), np.ones(len(k), bool)
+        group = image * len(self.classes) + k
+        for g in np.unique(group[limit[k] < 1]):
+            sel = np.flatnonzero(group == g)
+            boxes[sel], lead[sel] = fuse_overlapping(boxes[sel], conf[sel], float(limit[k[sel[0]]]))
+        return boxes, lead
 
     def _bounded(self, cov: np.ndarray, *cells: np.ndarray) -> tuple[np.ndarray, ...]:
         """The candidates (image, class, y, x) left after the bound: at most ``max_candidates`` per image and
