@@ -6,7 +6,7 @@ Post-processing: DetectNet_v2 outputs of a 3-class 1248x384 network (78x24 grid)
 8 to 60 px cover ellipses of cells, and weak background responses put 1 % or 4 % of the cells above
 the 0.005 coverage threshold. Target: <= 2 ms per image. And the outputs of a ResNet-18 DetectNet_v2 with
 random weights (every cell a candidate, as in an untrained or early model): target <= 5 ms per image with the
-default ``max_candidates``; the unbounded figure next to it.
+default ``max_candidates`` (with and without ``dbscan_merge_iou_threshold``); the unbounded figure next to it.
 Evaluation: 7,500 images x 3 classes of ground truth and detections (KITTI validation-set scale),
 VOC + KITTI levels + size buckets, and separately the COCO line. Target: <= 10 s.
 """
@@ -87,14 +87,15 @@ def bench_postprocess(images: int = 200, background_rate: float = 0.04) -> dict:
 
 def bench_random_model(images: int = 4, repeats: int = 5) -> dict:
     """Post-processing time per image of a random-weight ResNet-18 DetectNet_v2's outputs at 1248x384, with the
-    default candidate bound and without one."""
+    default candidate bound (and with experiment=kitti_finetune's fusion of overlapping clusters) and without one."""
     torch.manual_seed(0)
     model = build_detector(len(CLASSES), 18).eval()
     with torch.no_grad():
         cov, bbox = (t.numpy() for t in model(torch.rand(images, 3, H, W)))
     out = {"random_model/candidates_per_image": float((cov > 0.005).sum()) / images}
-    for tag, cap in (("bounded", ClusteringConfig().max_candidates), ("unbounded", 0)):
-        clustering = ClusteringConfig(max_candidates=cap)
+    bound = ClusteringConfig().max_candidates
+    for tag, cap, fuse in (("bounded", bound, 1.0), ("bounded_fused", bound, 0.5), ("unbounded", 0, 1.0)):
+        clustering = ClusteringConfig(max_candidates=cap, dbscan_merge_iou_threshold=fuse)
         cfg = PostprocessingConfig(target_class_config={c: PostprocessingClassConfig(clustering) for c in CLASSES})
         post = Postprocessor(CLASSES, cfg, width=W, height=H)
         post(cov[:1], bbox[:1])  # warm-up
