@@ -181,7 +181,7 @@ def test_deepstream_config_says_what_it_cannot_express(onnx_fp32, tmp_path, capl
             tmp_path, onnx_file=onnx_fp32, classes=["car", "cyclist"], width=W, height=H, data_type="fp32", post=post
         )
     warned = [r.getMessage() for r in caplog.records if "dbscan_merge_iou_threshold" in r.getMessage()]
-    assert len(warned) == 1 and "car's" in warned[0] and "0.7" in warned[0]
+    assert len(warned) == 1 and "(car 0.7)" in warned[0] and "cyclist" not in warned[0]
 
 
 def test_onnx_data_type_tells_what_tensorrt_builds(onnx_fp32, tmp_path):

@@ -92,16 +92,20 @@ def nvinfer_config(
     if engine_file:
         prop["model-engine-file"] = engine_file
     groups: dict[str, Mapping[str, object]] = {"property": prop}
+    fused = {
+        cls: cc.dbscan_merge_iou_threshold
+        for cls in classes
+        if (cc := post.target_class_config[cls].clustering_config).clustering_algorithm is ClusteringAlgorithm.dbscan
+        and cc.dbscan_merge_iou_threshold < 1
+    }
+    if fused:
+        log.warning(
+            "DeepStream's DBSCAN does not fuse overlapping clusters: dbscan_merge_iou_threshold (%s) is not in the"
+            " nvinfer config, and DeepStream may give a few more overlapping boxes of one object than transferdet",
+            ", ".join(f"{cls} {t:g}" for cls, t in fused.items()),
+        )
     for k, cls in enumerate(classes):
         cc = post.target_class_config[cls].clustering_config
-        if cc.clustering_algorithm is ClusteringAlgorithm.dbscan and cc.dbscan_merge_iou_threshold < 1:
-            log.warning(
-                "DeepStream's DBSCAN does not fuse overlapping clusters: %s's dbscan_merge_iou_threshold %g is not"
-                " in the nvinfer config, and DeepStream may give a few more overlapping %s boxes than transferdet",
-                cls,
-                cc.dbscan_merge_iou_threshold,
-                cls,
-            )
         groups[f"class-attrs-{k}"] = {
             "pre-cluster-threshold": f"{cc.coverage_threshold:g}",
             "post-cluster-threshold": f"{confidence_threshold(cc):g}",
