@@ -171,7 +171,7 @@ def test_deepstream_config_parses_and_names_existing_files(onnx_fp32, tmp_path):
 
 
 def test_deepstream_config_says_what_it_cannot_express(onnx_fp32, tmp_path, caplog):
-    # nvinfer's DBSCAN has no NMS over its clusters: the export keeps the rest and warns, naming the class
+    # nvinfer's DBSCAN does not fuse overlapping clusters: the export keeps the rest and warns once, naming the classes
     fragments = ClusteringConfig(dbscan_merge_iou_threshold=0.7)
     post = PostprocessingConfig(
         target_class_config={"car": PostprocessingClassConfig(fragments), "cyclist": PostprocessingClassConfig()}
