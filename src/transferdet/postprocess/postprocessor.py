@@ -83,6 +83,13 @@ class Postprocessor:
     ) -> None:
         self.classes = list(classes)
         self.clustering = [cfg.target_class_config[c].clustering_config for c in self.classes]
+        # per class, the IoU above which DBSCAN clusters are fused (1: never)
+        self.fuse_above = np.array(
+            [
+                cc.dbscan_merge_iou_threshold if cc.clustering_algorithm is ClusteringAlgorithm.dbscan else 1.0
+                for cc in self.clustering
+            ]
+        )
         self.width, self.height = width, height
         self.stride, self.scale, self.offset = stride, bbox_scale, bbox_offset
 
@@ -147,12 +154,7 @@ class Postprocessor:
     ) -> tuple[np.ndarray, np.ndarray]:
         """DBSCAN clusters of one image and class that overlap by more than their class's
         ``dbscan_merge_iou_threshold``, fused (:func:`fuse_overlapping`): the boxes, and which detections stay."""
-        limit = np.array(
-            [
-                cc.dbscan_merge_iou_threshold if cc.clustering_algorithm is ClusteringAlgorithm.dbscan else 1.0
-                for cc in self.clustering
-            ]
-        )
+        limit = self.fuse_above
         boxes, lead = boxes.copy(), np.ones(len(k), bool)
         group = image * len(self.classes) + k
         for g in np.unique(group[limit[k] < 1]):
