@@ -96,6 +96,17 @@ def test_a_file_of_another_depth_is_refused_unless_strict_is_off(tmp_path):
         load_pretrained(build_detector(3, 34), path, CLASSES)
 
 
+def test_a_transferdet_model_of_another_depth_is_refused_naming_its_depth(tmp_path):
+    from transferdet.errors import DataError
+
+    cfg = compose_task("train", ["model=resnet10"])
+    checkpoint.save(tmp_path / "r10.ckpt", training_spec(cfg), module_from_config(cfg).model)
+    with pytest.raises(
+        DataError, match=r"r10.ckpt: does not fit .*ResNet-18.*it is a ResNet-10 model: set model.num_layers=10"
+    ):
+        load_pretrained(build_detector(3, 18), tmp_path / "r10.ckpt", CLASSES)
+
+
 def _cache_with(tmp_path, monkeypatch, depth: int, weights_of: int) -> Path:
     """A torch hub cache (TORCH_HOME) holding, under torchvision's file name for ResNet-``depth``'s ImageNet
     weights, a randomly initialised torchvision ResNet-``weights_of`` state dict; downloads off."""

@@ -97,12 +97,14 @@ class LoadReport:
             log.info("  not in the file, keeps its initialisation: %s", name)
 
 
-def _weights_and_classes(obj: dict, path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
-    """The model tensors of a loaded file, named as in DetectNetV2, and the checkpoint's classes if any."""
+def _weights_classes_depth(obj: dict, path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None, int | None]:
+    """The model tensors of a loaded file, named as in DetectNetV2, and the checkpoint's classes and ResNet depth
+    if it is a transferdet checkpoint."""
     if checkpoint.is_checkpoint(obj):
-        return checkpoint.network_weights(obj), list(checkpoint.spec_of(obj, path).classes)
+        spec = checkpoint.spec_of(obj, path)
+        return checkpoint.network_weights(obj), list(spec.classes), spec.model.num_layers
     # a torchvision / timm ResNet state dict: backbone tensors, classifier dropped
-    return {f"backbone.{k}": v for k, v in obj.items() if isinstance(v, torch.Tensor)}, None
+    return {f"backbone.{k}": v for k, v in obj.items() if isinstance(v, torch.Tensor)}, None, None
 
 
 def blocks_of(names: list[str]) -> list[str]:
@@ -124,7 +126,7 @@ def load_pretrained(model: nn.Module, path: str | Path, classes: list[str], stri
     """
     path = Path(path)
     obj = checkpoint.read(path, "model.pretrained_model_file")
-    state, source_classes = _weights_and_classes(obj, path)
+    state, source_classes, source_depth = _weights_classes_depth(obj, path)
     own = model.state_dict()
     report = LoadReport()
     same_classes = source_classes == list(classes)
@@ -149,11 +151,17 @@ def load_pretrained(model: nn.Module, path: str | Path, classes: list[str], stri
             parts.append(f"the model has no {', '.join(blocks_of(unexpected)[:4])}")
         if unfilled:
             parts.append(f"the file has no (or other shapes of) {', '.join(blocks_of(unfilled)[:4])}")
+        depth = getattr(model, "depth", "?")
+        # a transferdet checkpoint says what it is: name the setting that fits it
+        fix = (
+            f"it is a ResNet-{source_depth} model: set model.num_layers={source_depth}"
+            if source_depth is not None and source_depth != depth
+            else "use weights of the same ResNet depth as model.num_layers"
+        )
         raise DataError(
             path,
-            f"does not fit this model's backbone (ResNet-{getattr(model, 'depth', '?')}): {'; '.join(parts)}; use "
-            "weights of the same ResNet depth as model.num_layers, or model.pretrained_strict=false to load only "
-            "the tensors that fit",
+            f"does not fit this model's backbone (ResNet-{depth}): {'; '.join(parts)}; {fix}, or "
+            "model.pretrained_strict=false to load only the tensors that fit",
         )
     model.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
