@@ -483,6 +483,15 @@ for name, overrides, fragments in [
     ("trainer-refuses-devices", ["trainer.devices=abc"], ("config key 'trainer'", "devices")),
     ("freeze-unknown-block", ["model.freeze_blocks=[7]"], ("model.freeze_blocks", "block ids 0 (stem) to 4")),
     ("negative-workers", ["training.num_workers=-1"], ("training.num_workers", "an integer >= 0")),
+    ("ema-decay-of-one", ["training.ema_decay=1"], ("training.ema_decay", "a number in [0, 1)")),
+    (
+        "ema-while-pruning",
+        [
+            "training.ema_decay=0.99",
+            "+callbacks.pruning={_target_: transferdet.callbacks.PruningCallback, epochs: [2]}",
+        ],
+        ("config key 'training.ema_decay' has value 0.99", "0 (off) with callbacks.pruning"),
+    ),
     ("zero-epochs", ["training.num_epochs=0"], ("training.num_epochs", "an integer >= 1")),
     ("unknown-group", ["exporter=onnx"], ("config key 'exporter'",)),
     ("pretrained-unknown", ["model.pretrained=coco"], ("config key 'model.pretrained' has value 'coco'", "imagenet")),

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from tests.conftest import small_synth_config, wandb_records
@@ -287,3 +288,70 @@ def test_the_terminal_shows_our_lines_and_the_log_file_everything(cli, tiny_root
         assert noise not in shown, noise
     assert "GPU available" in log and "validation_step" in log  # Lightning's notices and warnings, in the file
     assert "model: ResNet-10 DetectNet_v2, 3 classes" in shown and "final val/mAP" in shown
+
+
+class StepWeights(pl.Callback):
+    """The network's weights after every optimizer step and at every validation (a callback the test below
+    trains with: it watches the module's own validation, which runs after the callbacks' epoch end)."""
+
+    seen: list[dict[str, torch.Tensor]] = []
+    validated: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        StepWeights.seen.append(_weights(pl_module.model))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if "_outputs" not in vars(pl_module):
+            network_outputs = pl_module._outputs
+
+            def watched(images):
+                if not StepWeights.validated or StepWeights.validated[-1][0] != trainer.current_epoch:
+                    StepWeights.validated.append((trainer.current_epoch, _weights(pl_module.model)))
+                return network_outputs(images)
+
+            pl_module._outputs = watched
+
+
+def _weights(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in network.state_dict().items()}
+
+
+def test_ema_decay_validates_and_saves_the_average_and_a_resume_continues_it(tiny_root, tmp_path):
+    from tests.conftest import compose_task
+    from transferdet.tasks import train
+
+    decay = 0.7
+
+    def fit(run: Path, *extra: str) -> None:
+        StepWeights.seen, StepWeights.validated = [], []
+        overrides = [f"dataset.root={tiny_root}", *TINY, f"training.ema_decay={decay}", "training.num_epochs=2"]
+        overrides += ["+callbacks.steps={_target_: tests.integration.test_train.StepWeights}", "logger=csv", *extra]
+        train.run(compose_task("train", [*overrides, "evaluation.validation_period_during_training=1"]), run)
+
+    def average(steps: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        avg = steps[0]  # the first step's weights, then decay * average + (1 - decay) * step
+        for step in steps[1:]:
+            avg = {k: decay * a + (1 - decay) * step[k] if a.is_floating_point() else a for k, a in avg.items()}
+        return {k: v for k, v in avg.items() if v.is_floating_point()}
+
+    run = tmp_path / "run"
+    fit(run, "training.checkpoint_interval=1")
+    assert len(StepWeights.seen) == 16
+    want = average(StepWeights.seen)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    for k, v in want.items():
+        torch.testing.assert_close(last["state_dict"][f"model.{k}"], v, rtol=1e-5, atol=1e-6)
+        assert torch.equal(last["current_model_state"][f"model.{k}"], StepWeights.seen[-1][k])
+    assert max(float((v - StepWeights.seen[-1][k]).abs().max()) for k, v in want.items()) > 1e-3
+
+    # each validation scored the average of the steps so far (the weights checkpoints hold), not the last step's
+    assert [epoch for epoch, _ in StepWeights.validated] == [0, 1]
+    for (_, weights), steps in zip(StepWeights.validated, (8, 16)):
+        for k, v in average(StepWeights.seen[:steps]).items():
+            torch.testing.assert_close(weights[k], v, rtol=1e-5, atol=1e-6)
+
+    # resumed after epoch 1: the average goes on from its 8 steps
+    resumed = tmp_path / "resumed"
+    fit(resumed, f"training.resume={run / 'checkpoints' / 'epoch_000.ckpt'}")
+    final = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert int(final["averaging_state"]["n_averaged"]) == 16 and final["global_step"] == 16

@@ -17,6 +17,7 @@ import logging
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import WeightAveraging
 from typing_extensions import override
 
 from transferdet.config.schema import EqualizationCriterion, Normalizer, PruningConfig
@@ -65,6 +66,12 @@ class PruningCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer.world_size > 1:
             raise ConfigError("callbacks.pruning", "DDP", "single-process training (trainer=cpu or trainer=gpu)")
+        if any(isinstance(c, WeightAveraging) for c in trainer.callbacks):
+            raise ConfigError(
+                "training.ema_decay",
+                pl_module.train_cfg.ema_decay,
+                "0 (off) with callbacks.pruning: an average of the weights cannot follow the network as it shrinks",
+            )
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -252,6 +252,8 @@ class TrainingConfig:
     training_precision: TrainingPrecisionConfig = field(default_factory=TrainingPrecisionConfig)
     num_workers: int = 2
     distillation: DistillationConfig = field(default_factory=DistillationConfig)
+    # beyond TLT: validate and save an exponential moving average of the weights (decay per optimizer step); 0 = off
+    ema_decay: float = 0.0
     resume: Optional[str] = None  # "auto" = the run directory's last checkpoint, or a checkpoint path
 
 

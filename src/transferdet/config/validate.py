@@ -213,6 +213,7 @@ def validate_training(t: S.TrainingConfig) -> None:
     _in_range("training.optimizer.adam.beta1", adam.beta1, 0, 1, hi_open=True)
     _in_range("training.optimizer.adam.beta2", adam.beta2, 0, 1, hi_open=True)
     _require(t.distillation.weight >= 0, "training.distillation.weight", t.distillation.weight, "a number >= 0")
+    _in_range("training.ema_decay", t.ema_decay, 0, 1, hi_open=True)
 
 
 def validate_evaluation(e: S.EvaluationConfig) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import WeightAveraging
 from torch import nn
 from typing_extensions import override
 
@@ -211,14 +212,30 @@ class DetectNetModule(pl.LightningModule):
         return cov.float().cpu().numpy(), bbox.float().cpu().numpy()
 
     def evaluate_loader(self, loader, *, log_images: bool = False, prefix: str = "val/") -> dict[str, float]:
-        """mAP of the model over a data loader (no augmentation); the model is put back in training mode."""
+        """mAP of the model over a data loader (no augmentation); the model is put back in training mode. During
+        fit with ``training.ema_decay``, of the averaged weights (the ones checkpoints hold)."""
+        averaging = self._weight_averaging()
+        if averaging is not None:  # validation runs here, not in Lightning's loop: the callback's swap, called here
+            averaging.on_validation_epoch_start(self.trainer, self)
         was_training = self.training
         self.eval()
-        ev = evaluate_batches(loader, self._outputs, self.postprocessor, self.evaluator, samples=4 if log_images else 0)
-        self.train(was_training)  # re-applies freeze_bn
+        try:
+            ev = evaluate_batches(
+                loader, self._outputs, self.postprocessor, self.evaluator, samples=4 if log_images else 0
+            )
+        finally:
+            self.train(was_training)  # re-applies freeze_bn
+            if averaging is not None:
+                averaging.on_validation_epoch_end(self.trainer, self)
         if ev.samples:
             self._log_validation_images(ev.samples)
         return ev.result.metrics(prefix)
+
+    def _weight_averaging(self) -> WeightAveraging | None:
+        trainer = self._trainer
+        if trainer is None or not trainer.training:
+            return None
+        return next((c for c in trainer.callbacks if isinstance(c, WeightAveraging)), None)
 
     def _log_validation_images(self, shown) -> None:
         images = [draw_detections(img, det, gt, self.classes) for img, det, gt in shown]

@@ -11,6 +11,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import EMAWeightAveraging
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.precision import MixedPrecision
 
@@ -92,6 +93,9 @@ def build_trainer(
     for cb in made:
         if isinstance(cb, pl.callbacks.ModelCheckpoint):
             cb.dirpath = str(run_dir / "checkpoints")
+    if training.ema_decay > 0:
+        # validation and checkpoints (state_dict) get the averaged weights; a resume restores both
+        made.append(EMAWeightAveraging(decay=training.ema_decay))
     logs = [_instantiate(f"logger.{k}", c, save_dir=str(run_dir)) for k, c in (loggers or {}).items() if c is not None]
     kwargs = dict(default_root_dir=str(run_dir), callbacks=made, logger=logs or False, plugins=plugins)
     if precision is not None:
