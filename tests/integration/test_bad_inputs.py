@@ -313,7 +313,7 @@ case(
     "this file holds something else",
 )
 for name, overrides, fragments in [
-    ("val-split-120", ["dataset.val_split=120"], ("dataset.val_split", "120", "[0, 100)")),
+    ("val-split-120", ["dataset.val_split=120"], ("dataset.val_split", "120", "[0, 100]")),
     (
         "partition-mode-unknown",
         ["dataset.partition_mode=alphabetical"],
@@ -483,6 +483,7 @@ for name, overrides, fragments in [
     ("trainer-refuses-devices", ["trainer.devices=abc"], ("config key 'trainer'", "devices")),
     ("freeze-unknown-block", ["model.freeze_blocks=[7]"], ("model.freeze_blocks", "block ids 0 (stem) to 4")),
     ("negative-workers", ["training.num_workers=-1"], ("training.num_workers", "an integer >= 0")),
+    ("every-image-held-out", ["dataset.val_split=100"], ("dataset.val_split' has value 100", "below 100 to train")),
     ("ema-decay-of-one", ["training.ema_decay=1"], ("training.ema_decay", "a number in [0, 1)")),
     (
         "ema-while-pruning",

@@ -60,6 +60,22 @@ def test_infer_on_a_folder_reproduces_evaluate(trained, tmp_path, cli):
     assert 0 <= direct["mAP"] <= 1 and direct["num_images"] == len(labels)
 
 
+def test_evaluate_scores_a_whole_folder_with_val_split_100(trained, tmp_path, cli):
+    r = cli(
+        "evaluate",
+        f"checkpoint={trained['ckpt']}",
+        f"dataset.root={trained['root']}",
+        "dataset.val_split=100",
+        f"dataset.converted_dir={tmp_path / 'every_image'}",
+        *LOW,
+        f"hydra.run.dir={tmp_path / 'ev_all'}",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ev_all" / "metrics.json").read_text())
+    assert metrics["num_images"] == 48 > len(trained["val_ids"])  # every image, not the 20 % validation split
+    assert 0 <= metrics["mAP"] <= 1
+
+
 def test_infer_on_a_video_writes_labels_per_frame_and_an_annotated_video(trained, tmp_path, cli):
     video = tmp_path / "drive.mp4"
     frames = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(trained["images"].glob("*.png"))[:6]]

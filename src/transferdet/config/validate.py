@@ -62,7 +62,7 @@ def target_classes(dataset: S.DatasetConfig) -> list[str]:
 def validate_dataset(d: S.DatasetConfig) -> None:
     """Ranges of ``dataset`` and the partition settings that go together."""
     seed("dataset.seed", d.seed)
-    _in_range("dataset.val_split", d.val_split, 0, 100, hi_open=True)
+    _in_range("dataset.val_split", d.val_split, 0, 100)  # 100: a whole folder to evaluate on
     positive_int("dataset.num_shards", d.num_shards)
     _require(
         d.image_extension.startswith("."),
@@ -443,6 +443,12 @@ def validate(cfg: DictConfig, task: str | None = None) -> None:
             continue  # partial settings over the checkpoint's, checked below
         if group in cfg and cfg[group] is not None:
             check(typed(cfg, group))
+    if task in ("train", "pipeline") and "dataset" in cfg and typed(cfg, "dataset").val_split >= 100:
+        raise ConfigError(
+            "dataset.val_split",
+            typed(cfg, "dataset").val_split,
+            "below 100 to train (100 holds every image out: for `transferdet evaluate` on a whole folder)",
+        )
     if takes_checkpoint:
         task_args(cfg, task)
         DetectorOverrides.from_config(cfg)
