@@ -443,10 +443,11 @@ def validate(cfg: DictConfig, task: str | None = None) -> None:
             continue  # partial settings over the checkpoint's, checked below
         if group in cfg and cfg[group] is not None:
             check(typed(cfg, group))
-    if task in ("train", "pipeline") and "dataset" in cfg and typed(cfg, "dataset").val_split >= 100:
+    val_split = cfg.dataset.val_split if "dataset" in cfg else None
+    if task in ("train", "pipeline") and val_split is not None and val_split >= 100:
         raise ConfigError(
             "dataset.val_split",
-            typed(cfg, "dataset").val_split,
+            val_split,
             "below 100 to train (100 holds every image out: for `transferdet evaluate` on a whole folder)",
         )
     if takes_checkpoint:
