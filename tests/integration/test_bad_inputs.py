@@ -673,6 +673,13 @@ case(
     "a number in [0, 1]",
 )
 case(
+    "test-time-flip-not-a-boolean",
+    "evaluate",
+    lambda t, a: [f"checkpoint={a['ckpt']}", "postprocessing.test_time_flip=sometimes"],
+    "test_time_flip' has value 'sometimes'",
+    "true or false",
+)
+case(
     "unknown-runtime",
     "evaluate",
     lambda t, a: [f"checkpoint={a['ckpt']}", "runtime=openvino"],

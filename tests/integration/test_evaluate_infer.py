@@ -8,12 +8,17 @@ import json
 import av
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from tests.conftest import LOW_CONFIDENCE, SMALL
+from transferdet.config.overrides import DetectorOverrides
 from transferdet.data.kitti import read_label_file
 from transferdet.detector import checkpoint
 from transferdet.inference.backends import machine_cores
+from transferdet.inference.predictor import Predictor
+from transferdet.models.detectnet import STRIDE
+from transferdet.postprocess.flip import unflip
 
 SIZE = SMALL
 LOW = LOW_CONFIDENCE
@@ -409,3 +414,29 @@ def test_prune_sensitivity_sweep_draws_a_pareto_plot(trained, tmp_path, cli):
     assert all(0 <= row["mAP"] <= 1 and row["latency_ms"] > 0 and row["flops"] > 0 for row in rows)
     assert (tmp_path / "sweep" / "sweep_pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert "| 0.250 |" in (tmp_path / "sweep" / "sweep.md").read_text()
+
+
+def test_test_time_flip_is_a_setting_of_evaluate_and_infer(trained, tmp_path, cli):
+    r = cli(
+        "evaluate",
+        f"checkpoint={trained['ckpt']}",
+        f"dataset.root={trained['root']}",
+        "postprocessing.test_time_flip=true",
+        *LOW,
+        f"hydra.run.dir={tmp_path / 'ev_flip'}",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert yaml.safe_load((tmp_path / "ev_flip" / "config.yaml").read_text())["postprocessing"]["test_time_flip"]
+    assert 0 <= json.loads((tmp_path / "ev_flip" / "metrics.json").read_text())["mAP"] <= 1
+
+    # the predictor's maps are the mean of the network's on the image and, mirrored back, on its mirror image
+    flip = Predictor.load(trained["ckpt"], overrides=DetectorOverrides(postprocessing={"test_time_flip": True}))
+    plain = Predictor.load(trained["ckpt"])
+    assert not plain.spec.postprocessing.test_time_flip
+    image = np.asarray(Image.open(next(iter(sorted(trained["images"].glob("*.png"))))).convert("RGB"))
+    x = flip.preprocess(image)[None]
+    cov, bbox = flip.outputs(x)
+    cov_a, bbox_a = plain.outputs(x)
+    cov_b, bbox_b = unflip(*plain.outputs(x.flip(-1)), STRIDE, 35.0, 0.5)
+    assert np.allclose(cov, (cov_a + cov_b) / 2, atol=1e-6) and np.allclose(bbox, (bbox_a + bbox_b) / 2, atol=1e-5)
+    assert not np.allclose(cov, cov_a, atol=1e-3)  # the mirror image's outputs did change them

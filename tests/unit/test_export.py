@@ -171,10 +171,12 @@ def test_deepstream_config_parses_and_names_existing_files(onnx_fp32, tmp_path):
 
 
 def test_deepstream_config_says_what_it_cannot_express(onnx_fp32, tmp_path, caplog):
-    # nvinfer's DBSCAN does not fuse overlapping clusters: the export keeps the rest and warns once, naming the classes
+    # nvinfer's DBSCAN does not fuse overlapping clusters: the export keeps the rest and warns once, naming the classes;
+    # the same for the test-time flip
     fragments = ClusteringConfig(dbscan_merge_iou_threshold=0.7)
     post = PostprocessingConfig(
-        target_class_config={"car": PostprocessingClassConfig(fragments), "cyclist": PostprocessingClassConfig()}
+        target_class_config={"car": PostprocessingClassConfig(fragments), "cyclist": PostprocessingClassConfig()},
+        test_time_flip=True,
     )
     with caplog.at_level("WARNING", logger="transferdet.export.deepstream"):
         write_deepstream(
@@ -182,6 +184,8 @@ def test_deepstream_config_says_what_it_cannot_express(onnx_fp32, tmp_path, capl
         )
     warned = [r.getMessage() for r in caplog.records if "dbscan_merge_iou_threshold" in r.getMessage()]
     assert len(warned) == 1 and "(car 0.7)" in warned[0] and "cyclist" not in warned[0]
+    # nor does it run the network on the mirrored frame
+    assert sum("test_time_flip" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_onnx_data_type_tells_what_tensorrt_builds(onnx_fp32, tmp_path):

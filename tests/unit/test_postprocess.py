@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from transferdet.config.schema import (
     ClusteringAlgorithm,
@@ -12,8 +13,10 @@ from transferdet.config.schema import (
     PostprocessingClassConfig,
     PostprocessingConfig,
 )
+from transferdet.models.detectnet import DetectNetV2
 from transferdet.postprocess import Postprocessor, decode_boxes
 from transferdet.postprocess.clustering import fuse_overlapping
+from transferdet.postprocess.flip import flip_averaged, unflip
 
 W, H, STRIDE, SCALE, OFFSET = 384, 128, 16, 35.0, 0.5
 A = (40.0, 30.0, 120.0, 90.0)
@@ -320,3 +323,46 @@ def test_a_batch_with_a_class_of_each_algorithm_gives_every_image_and_class_its_
             np.testing.assert_array_equal(found.boxes[mine], alone.boxes[order])
             np.testing.assert_array_equal(found.scores[mine], alone.scores[order])
             assert mine.sum() >= 1
+
+
+def mirror(box):
+    x1, y1, x2, y2 = box
+    return (W - x2, y1, W - x1, y2)
+
+
+def test_test_time_flip_maps_the_mirrored_images_outputs_onto_the_original():
+    # what the network says about the mirrored image (A and B mirrored), brought back to the original's anchors
+    cov, bbox = maps(np.random.default_rng(5), boxes=(mirror(A), mirror(B)), noise_cells=0)
+    cov_back, bbox_back = unflip(cov, bbox, STRIDE, SCALE, OFFSET)
+    assert np.array_equal(cov_back, cov[..., ::-1])
+    (d,) = postprocessor("dbscan")(cov_back, bbox_back)
+    assert np.abs(np.array(sorted(d.boxes.tolist())) - np.array([A, B])).max() < 1.0
+    # averaging the outputs of an image with those of its mirror image is the same boxes
+    cov2, bbox2 = maps(np.random.default_rng(6), boxes=(A, B), noise_cells=0)
+    (avg,) = postprocessor("dbscan")((cov_back + cov2) / 2, (bbox_back + bbox2) / 2)
+    assert np.abs(np.array(sorted(avg.boxes.tolist())) - np.array([A, B])).max() < 1.0
+
+
+def test_flip_averaged_outputs_of_a_network_are_mirror_symmetric():
+    # any network (here random weights): the averaged outputs of an image and of its mirror image are mirrors
+    torch.manual_seed(0)
+    net = DetectNetV2(2, 10).eval()
+
+    def run(batch):
+        with torch.no_grad():
+            cov, bbox = net(batch)
+        return cov.numpy(), bbox.numpy()
+
+    outputs = flip_averaged(run, STRIDE, SCALE, OFFSET)
+    x = torch.rand(2, 3, H, W)
+    cov, bbox = outputs(x)
+    cov_m, bbox_m = outputs(x.flip(-1))
+    assert cov.shape == (2, 2, H // STRIDE, W // STRIDE) and bbox.shape == (2, 8, H // STRIDE, W // STRIDE)
+    assert np.allclose(cov, cov_m[..., ::-1], atol=1e-5)
+    # unclipped decoding: x1 = gx - S*L, x2 = gx + S*R with gx = j * stride + offset
+    gx = np.arange(W // STRIDE) * STRIDE + OFFSET
+    ltrb, ltrb_m = bbox.reshape(2, 2, 4, 8, 24), bbox_m.reshape(2, 2, 4, 8, 24)[..., ::-1]
+    x1, x2 = gx - SCALE * ltrb[:, :, 0], gx + SCALE * ltrb[:, :, 2]
+    x1_m, x2_m = gx[::-1] - SCALE * ltrb_m[:, :, 0], gx[::-1] + SCALE * ltrb_m[:, :, 2]
+    assert np.allclose(x1, W - x2_m, atol=1e-3) and np.allclose(x2, W - x1_m, atol=1e-3)
+    assert np.allclose(ltrb[:, :, 1::2], ltrb_m[:, :, 1::2], atol=1e-5)

@@ -336,6 +336,9 @@ class PostprocessingConfig:
     """TLT ``postprocessing_config``: clustering settings per class."""
 
     target_class_config: Dict[str, PostprocessingClassConfig] = field(default_factory=dict)
+    # not in TLT: average the network's outputs with those of the mirrored image before clustering (test-time
+    # augmentation; the network runs twice)
+    test_time_flip: bool = False
 
 
 # --------------------------------------------------------------------------- cost

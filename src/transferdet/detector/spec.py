@@ -26,6 +26,7 @@ from transferdet.config.validate import validate_augmentation, validate_evaluati
 from transferdet.errors import ConfigError
 from transferdet.evaluation.evaluator import Evaluator
 from transferdet.models.detectnet import STRIDE, DetectNetV2, apply_channel_plan
+from transferdet.postprocess.flip import Outputs, flip_averaged
 from transferdet.postprocess.postprocessor import Postprocessor
 
 SPEC_VERSION = 2  # 1: the settings as the training config's groups (read by transferdet.detector.checkpoint)
@@ -172,6 +173,14 @@ class DetectorSpec:
             bbox_scale=box.scale,
             bbox_offset=box.offset,
         )
+
+    def network_outputs(self, run: Outputs) -> Outputs:
+        """``run`` (a network: preprocessed batch -> cov, bbox maps) as this spec uses it: with
+        ``postprocessing.test_time_flip``, averaged with the outputs of the mirrored batch."""
+        if not self.postprocessing.test_time_flip:
+            return run
+        box = self.model.objective_set.bbox
+        return flip_averaged(run, STRIDE, box.scale, box.offset)
 
     def evaluator(self) -> Evaluator:
         """The evaluator of this spec's classes and evaluation settings."""

@@ -104,6 +104,11 @@ def nvinfer_config(
             " nvinfer config, and DeepStream may give a few more overlapping boxes of one object than transferdet",
             ", ".join(f"{cls} {t:g}" for cls, t in fused.items()),
         )
+    if post.test_time_flip:
+        log.warning(
+            "DeepStream runs the network once a frame: postprocessing.test_time_flip (the outputs averaged with"
+            " the mirrored frame's) is not in the nvinfer config, and its boxes may differ from transferdet's"
+        )
     for k, cls in enumerate(classes):
         cc = post.target_class_config[cls].clustering_config
         groups[f"class-attrs-{k}"] = {

@@ -52,6 +52,7 @@ class Predictor:
         self.classes = list(spec.classes)
         self.width, self.height = spec.width, spec.height
         self.postprocessor = spec.postprocessor()
+        self.network_outputs = spec.network_outputs(backend)
         self.augmenter = Augmenter(AugmentationConfig(preprocessing=spec.preprocessing), train=False)
 
     @property
@@ -96,8 +97,9 @@ class Predictor:
         return self.augmenter.preprocess(image)
 
     def outputs(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Raw network outputs (cov, bbox) of a preprocessed batch, from whichever runtime."""
-        return self.backend(batch)
+        """Raw network outputs (cov, bbox) of a preprocessed batch, from whichever runtime (averaged with the
+        mirrored batch's with ``postprocessing.test_time_flip``)."""
+        return self.network_outputs(batch)
 
     def to_image_coordinates(self, det: Detections, width: int, height: int) -> Detections:
         """Boxes on the network's canvas as pixels of the original ``width`` x ``height`` image."""

@@ -207,9 +207,12 @@ class DetectNetModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
-    def _outputs(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _network(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         cov, bbox = self.model(images.to(self.device))
         return cov.float().cpu().numpy(), bbox.float().cpu().numpy()
+
+    def _outputs(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        return self.spec.network_outputs(self._network)(images)
 
     def evaluate_loader(self, loader, *, log_images: bool = False, prefix: str = "val/") -> dict[str, float]:
         """mAP of the model over a data loader (no augmentation); the model is put back in training mode. During
