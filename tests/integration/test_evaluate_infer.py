@@ -416,7 +416,7 @@ def test_prune_sensitivity_sweep_draws_a_pareto_plot(trained, tmp_path, cli):
     assert "| 0.250 |" in (tmp_path / "sweep" / "sweep.md").read_text()
 
 
-def test_test_time_flip_is_a_setting_of_evaluate_and_infer(trained, tmp_path, cli):
+def test_test_time_flip_is_a_setting_of_a_trained_model(trained, tmp_path, cli):
     r = cli(
         "evaluate",
         f"checkpoint={trained['ckpt']}",
