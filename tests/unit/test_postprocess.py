@@ -253,6 +253,39 @@ def test_batched_dbscan_labels_equal_scikit_learns_numbering_included(seed):
     assert noise > 0 and members > 0  # the cases have both (border points: the test below)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_dbscan_on_tensors_gives_the_host_labels(seed):
+    """dbscan_tensor (the GPU's DBSCAN: padded [K, K] blocks, components by squaring the reachability matrix)
+    against dbscan_segments on the same candidates: numbering its representatives gives the same labels, noise
+    and border points included; groups left out (-1) are noise. Chains of boxes make components wider than
+    one squaring reaches."""
+    from transferdet.postprocess.clustering import Group, dbscan_segments, dbscan_tensor
+
+    rng = np.random.default_rng(seed)
+    groups = _random_groups(rng, count=7, spread=[4.0, 6.0, 12.0][seed % 3])
+    # a chain: each box is the next one's only neighbour at eps 0.1 (IoU 0.905), so the cluster is 39 hops wide
+    chain = np.arange(40)[:, None] * np.array([1.0, 0, 1, 0]) + np.array([0, 0, 20, 20])
+    groups[0] = Group(chain, np.full(40, 0.5), ClusteringConfig(dbscan_eps=0.1, dbscan_min_samples=0.5))
+    groups[1].boxes[:3] = [5, 5, 5, 9]  # empty boxes: no neighbours, not even themselves
+    sizes = [len(g.boxes) for g in groups]
+    ends = np.cumsum(sizes)
+    left_out = 3  # a group of another algorithm: not clustered
+    segments = [(int(e) - n, int(e), g.cfg) for i, (g, n, e) in enumerate(zip(groups, sizes, ends)) if i != left_out]
+    boxes = np.concatenate([g.boxes for g in groups])
+    cov = np.concatenate([g.cov for g in groups])
+    expected = dbscan_segments(boxes, cov, segments)
+    group = np.repeat(np.arange(len(groups)), sizes)
+    group[group == left_out] = -1
+    eps = np.repeat([g.cfg.dbscan_eps for g in groups], sizes)
+    weight = cov / np.repeat([g.cfg.dbscan_min_samples for g in groups], sizes)
+    rep = dbscan_tensor(*(torch.from_numpy(a) for a in (boxes, weight, eps, group))).numpy()
+    labels = np.full(len(rep), -1)
+    labels[rep >= 0] = np.unique(rep[rep >= 0], return_inverse=True)[1]
+    np.testing.assert_array_equal(labels, expected)
+    assert (expected[: sizes[0]] == expected[0]).all() and expected[0] >= 0  # the chain: one cluster of 40
+    assert (expected == -1).any() and (expected >= 0).any()
+
+
 def test_dbscan_coverage_sum_equal_to_the_minimum_reaches_it_in_any_order():
     """0.1 + 0.2 + 0.3 is 0.6000000000000001 summed in one order and 0.6 in the other: a neighbourhood whose
     coverages sum to dbscan_min_samples makes a core point either way, in any candidate order."""
@@ -325,6 +358,33 @@ def test_a_batch_with_a_class_of_each_algorithm_gives_every_image_and_class_its_
             assert mine.sum() >= 1
 
 
+@pytest.mark.parametrize("cap", [0, 9, 40])
+def test_maps_as_tensors_give_the_numpy_detections(cap):
+    """Tensor maps (a GPU's outputs; here the CPU's) are thresholded and bounded where they are and only the
+    candidates cross: the same detections as the numpy maps, bit for bit, whether the bound binds or not."""
+    rng = np.random.default_rng(11)
+    per_image = [[maps(rng, boxes=boxes, noise_cells=30) for boxes in ((A, B), (A,))] for _ in range(4)]
+    cov = np.stack([np.concatenate([c for c, _ in image], 1)[0] for image in per_image])  # [4, 2, 8, 24]
+    bbox = np.stack([np.concatenate([b for _, b in image], 1)[0] for image in per_image])
+    cov[3] = rng.uniform(0.2, 0.8, cov[3].shape)  # an untrained model's image: every cell a candidate
+    classes = ["car", "cyclist"]
+    algorithms = (ClusteringAlgorithm.dbscan, ClusteringAlgorithm.hybrid)
+    cfg = PostprocessingConfig(
+        target_class_config={
+            c: PostprocessingClassConfig(ClusteringConfig(clustering_algorithm=a, dbscan_eps=0.3, max_candidates=cap))
+            for c, a in zip(classes, algorithms)
+        }
+    )
+    post = Postprocessor(classes, cfg, width=W, height=H, stride=STRIDE, bbox_scale=SCALE, bbox_offset=OFFSET)
+    expected = post(cov, bbox)
+    found = post(torch.from_numpy(cov), torch.from_numpy(bbox))
+    assert sum(len(d.boxes) for d in expected) >= 8
+    for a, b in zip(found, expected, strict=True):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.class_ids, b.class_ids)
+
+
 def mirror(box):
     x1, y1, x2, y2 = box
     return (W - x2, y1, W - x1, y2)
@@ -335,6 +395,10 @@ def test_test_time_flip_maps_the_mirrored_images_outputs_onto_the_original():
     cov, bbox = maps(np.random.default_rng(5), boxes=(mirror(A), mirror(B)), noise_cells=0)
     cov_back, bbox_back = unflip(cov, bbox, STRIDE, SCALE, OFFSET)
     assert np.array_equal(cov_back, cov[..., ::-1])
+    # tensors (a GPU's outputs) are brought back the same way
+    cov_t, bbox_t = unflip(torch.from_numpy(cov), torch.from_numpy(bbox), STRIDE, SCALE, OFFSET)
+    np.testing.assert_array_equal(cov_t.numpy(), cov_back)
+    np.testing.assert_array_equal(bbox_t.numpy(), bbox_back)
     (d,) = postprocessor("dbscan")(cov_back, bbox_back)
     assert np.abs(np.array(sorted(d.boxes.tolist())) - np.array([A, B])).max() < 1.0
     # averaging the outputs of an image with those of its mirror image is the same boxes

@@ -11,6 +11,7 @@ hundred candidates of an image, and post-processing is on every image's path.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -92,6 +93,71 @@ def _label_from_core(labels: np.ndarray, r: np.ndarray, c: np.ndarray, core: np.
         np.minimum.at(border, r[edge], labels[c[edge]])
         reached = border < none
         labels[reached] = border[reached]
+
+
+# elements of the padded [groups, K, K] matrices one step of dbscan_tensor holds (float64: 128 MiB each)
+TENSOR_CHUNK = 1 << 24
+
+
+@torch.no_grad()
+def dbscan_tensor(boxes: torch.Tensor, weight: torch.Tensor, eps: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """:func:`dbscan_segments` where the candidates are (a GPU): the same clusters, as each candidate's cluster
+    representative, the index of the cluster's first core point (-1: noise); numbering the representatives in
+    ascending order gives :func:`dbscan_segments`' labels exactly.
+
+    ``boxes [N, 4]`` float64, ``weight [N]`` (coverage / ``dbscan_min_samples``), ``eps [N]`` (its group's
+    ``dbscan_eps``) and ``group [N]`` (ascending; -1: not clustered). Each group is a ``[K, K]`` block of a
+    padded batch (K: the largest group, at most ``max_candidates``): the neighbourhood graph is the same
+    float64 IoU test as on the host; the connected components of the core points come from ceil(log2 K)
+    squarings of the reachability matrix, so the cost has a bound that does not depend on the graph.
+    """
+    n, device = len(group), group.device
+    rep = torch.full((n,), -1, dtype=torch.int64, device=device)
+    active = torch.nonzero(group >= 0).flatten()
+    if len(active) == 0:
+        return rep
+    groups, inverse, counts = torch.unique_consecutive(group[active], return_inverse=True, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(len(active), device=device) - starts[inverse]
+    k = int(counts.max())
+    g = len(groups)
+    padded = torch.zeros((g, k, 4), dtype=torch.float64, device=device)
+    valid = torch.zeros((g, k), dtype=torch.bool, device=device)
+    w = torch.zeros((g, k), dtype=torch.float64, device=device)
+    padded[inverse, pos] = boxes[active]
+    valid[inverse, pos] = True
+    w[inverse, pos] = weight[active]
+    group_eps = torch.zeros(g, dtype=torch.float64, device=device)
+    group_eps[inverse] = eps[active].double()
+    first = active[starts]  # each group's first candidate in the flat arrays
+    steps = max(1, math.ceil(math.log2(max(k - 1, 1))))
+    dtype = torch.float16 if device.type == "cuda" else torch.float32  # 0/1 products: any positive sum is > 0
+    index = torch.arange(k, device=device)
+    local = torch.empty((g, k), dtype=torch.int64, device=device)
+    per = max(1, TENSOR_CHUNK // (k * k))
+    for lo in range(0, g, per):
+        b, v = padded[lo : lo + per], valid[lo : lo + per]
+        rows, cols = b[:, :, None, :], b[:, None, :, :]  # the float64 arithmetic of boxes.iou_matrix
+        inter_w = torch.minimum(rows[..., 2], cols[..., 2]) - torch.maximum(rows[..., 0], cols[..., 0])
+        inter_h = torch.minimum(rows[..., 3], cols[..., 3]) - torch.maximum(rows[..., 1], cols[..., 1])
+        inter = inter_w.clamp(min=0) * inter_h.clamp(min=0)
+        area = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
+        union = area[:, :, None] + area[:, None, :] - inter
+        iou = torch.where(union > 0, inter / union, torch.zeros((), dtype=torch.float64, device=device))
+        adj = (1.0 - iou <= group_eps[lo : lo + per, None, None]) & v[:, :, None] & v[:, None, :]
+        core = ((adj * w[lo : lo + per, None, :]).sum(-1) >= 1.0 - 1e-9) & v
+        reach = adj & core[:, :, None] & core[:, None, :]
+        reach |= torch.diag_embed(core)
+        for _ in range(steps):
+            r = reach.to(dtype)
+            reach = torch.bmm(r, r) > 0
+        none = torch.full((), k, dtype=torch.int64, device=device)
+        rep_core = torch.where(reach, index, none).min(-1).values  # the component's first core point
+        border = torch.where(adj & core[:, None, :], rep_core[:, None, :], none).min(-1).values
+        local[lo : lo + per] = torch.where(core, rep_core, border)
+    found = local[inverse, pos]
+    rep[active] = torch.where(found < k, first[inverse] + found, torch.full_like(found, -1))
+    return rep
 
 
 def merge(labels: np.ndarray, boxes: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, ...]:

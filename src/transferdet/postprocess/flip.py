@@ -15,17 +15,22 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-Maps = tuple[np.ndarray, np.ndarray]  # cov [B, C, H, W], bbox [B, 4C, H, W]
+Maps = tuple[np.ndarray, np.ndarray]  # cov [B, C, H, W], bbox [B, 4C, H, W] (numpy, or tensors on a device)
 Outputs = Callable[[torch.Tensor], Maps]  # a network: preprocessed batch -> maps
 
 
 def unflip(cov: np.ndarray, bbox: np.ndarray, stride: int, scale: float, offset: float) -> Maps:
-    """The outputs of a mirrored image (``cov [B, C, H, W]``, ``bbox [B, 4C, H, W]``) as the original image's."""
+    """The outputs of a mirrored image (``cov [B, C, H, W]``, ``bbox [B, 4C, H, W]``; numpy arrays or tensors)
+    as the original image's."""
     b, c, h, w = cov.shape
-    mirrored = bbox[..., ::-1].reshape(b, c, 4, h, w)
+    tensors = isinstance(cov, torch.Tensor)
+    mirrored = (bbox.flip(-1) if tensors else bbox[..., ::-1]).reshape(b, c, 4, h, w)
     shift = (2 * offset - stride) / scale
     left, top, right, bottom = (mirrored[:, :, j] for j in range(4))
-    ltrb = np.stack([right + shift, top, left - shift, bottom], axis=2)
+    parts = [right + shift, top, left - shift, bottom]
+    if tensors:
+        return cov.flip(-1), torch.stack(parts, 2).reshape(b, 4 * c, h, w)
+    ltrb = np.stack(parts, axis=2)
     return np.ascontiguousarray(cov[..., ::-1]), ltrb.reshape(b, 4 * c, h, w).astype(np.float32, copy=False)
 
 

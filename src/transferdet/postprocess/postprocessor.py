@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from transferdet.config.schema import ClusteringAlgorithm, ClusteringConfig, ConfidenceModel, PostprocessingConfig
 from transferdet.postprocess.clustering import (
@@ -16,6 +17,7 @@ from transferdet.postprocess.clustering import (
     cluster_hybrid,
     cluster_nms,
     dbscan_segments,
+    dbscan_tensor,
     fuse_overlapping,
     merge,
 )
@@ -93,35 +95,112 @@ class Postprocessor:
         self.width, self.height = width, height
         self.stride, self.scale, self.offset = stride, bbox_scale, bbox_offset
 
-    def __call__(self, cov: np.ndarray, bbox: np.ndarray) -> list[Detections]:
-        cov = np.asarray(cov, np.float32)
-        bbox = np.asarray(bbox, np.float32)
+    def __call__(self, cov: np.ndarray | torch.Tensor, bbox: np.ndarray | torch.Tensor) -> list[Detections]:
+        """Detections of a batch of maps: numpy arrays, or tensors on any device (the thresholding and the bound
+        then run there, and only the candidates cross to the host)."""
+        return self.cluster(cov.shape[0], *self.candidates(cov, bbox))
+
+    def candidates(self, cov: np.ndarray | torch.Tensor, bbox: np.ndarray | torch.Tensor) -> tuple[np.ndarray, ...]:
+        """The candidates of a batch on the host, in (image, class, grid) order: ``image, k, y, x, score`` and
+        ``ltrb [4, N]``, thresholded and bounded where the maps are."""
         b, c, h, w = cov.shape
-        if c != len(self.classes) or bbox.shape != (b, 4 * c, h, w):
+        if c != len(self.classes) or tuple(bbox.shape) != (b, 4 * c, h, w):
             raise ValueError(
                 f"expected cov [B, {len(self.classes)}, H, W] and bbox [B, {4 * len(self.classes)}, H, W],"
-                f" got {cov.shape} and {bbox.shape}"
+                f" got {tuple(cov.shape)} and {tuple(bbox.shape)}"
             )
-        cfgs = self.clustering
-        # every candidate of the batch at once, in (image, class, grid) order: a group is a run of one
-        # (image, class); only its neighbourhood graph and the non-DBSCAN algorithms go group by group
-        image, k, y, x = np.nonzero(cov > np.array([cc.coverage_threshold for cc in cfgs], np.float32)[:, None, None])
+        if isinstance(cov, torch.Tensor):
+            return self._candidates_tensor(cov, bbox)
+        return self._candidates(np.asarray(cov, np.float32), np.asarray(bbox, np.float32))
+
+    def _thresholds(self) -> np.ndarray:
+        return np.array([cc.coverage_threshold for cc in self.clustering], np.float32)
+
+    def _caps(self) -> np.ndarray:
+        return np.array([cc.max_candidates for cc in self.clustering], np.int64)  # 0: no bound
+
+    def _candidates(self, cov: np.ndarray, bbox: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Every candidate of the batch, in (image, class, grid) order: its cell, coverage and L, T, R, B."""
+        b, c, h, w = cov.shape
+        image, k, y, x = np.nonzero(cov > self._thresholds()[:, None, None])
         image, k, y, x = self._bounded(cov, image, k, y, x)
+        return image, k, y, x, cov[image, k, y, x], bbox.reshape(b, c, 4, h, w)[image, k, :, y, x].T
+
+    def _candidates_tensor(self, cov: torch.Tensor, bbox: torch.Tensor) -> tuple[np.ndarray, ...]:
+        """:meth:`_candidates` where the maps are: the same cells, in the same order, brought to the host as one
+        ``[N, 9]`` float32 array (cell indices are exact in float32)."""
+        b, c, h, w = cov.shape
+        cov = cov.float()
+        thr = torch.from_numpy(self._thresholds()).to(cov.device)[:, None, None]
+        image, k, y, x = torch.nonzero(cov > thr, as_tuple=True)
+        score = cov[image, k, y, x]
+        caps = torch.from_numpy(self._caps()).to(cov.device)[k]
+        group = image * c + k
+        counts = torch.bincount(group, minlength=b * c)
+        over = (caps > 0) & (counts[group] > caps)
+        if bool(over.any()):  # rank within each (image, class) by coverage, ties in grid order, as _bounded
+            order = torch.argsort(-score, stable=True)
+            order = order[torch.argsort(group[order], stable=True)]
+            rank = torch.empty_like(order)
+            rank[order] = torch.arange(len(order), device=cov.device) - (torch.cumsum(counts, 0) - counts)[group[order]]
+            keep = (caps == 0) | (rank < caps)
+            image, k, y, x, score = image[keep], k[keep], y[keep], x[keep], score[keep]
+        ltrb = bbox.float().reshape(b, c, 4, h, w)[image, k, :, y, x]  # [N, 4]
+        rep = self._dbscan_tensor(image, k, y, x, score, ltrb)
+        columns = [torch.stack([image, k, y, x], 1).float(), score[:, None], ltrb, rep[:, None].float()]
+        host = torch.cat(columns, 1).cpu().numpy()
+        cells = host[:, :4].astype(np.int64).T
+        rep = host[:, 9].astype(np.int64)
+        labels = np.full(len(rep), -1, np.int64)
+        labels[rep >= 0] = np.unique(rep[rep >= 0], return_inverse=True)[1]  # numbered as dbscan_segments does
+        return (*cells, host[:, 4], np.ascontiguousarray(host[:, 5:9].T), labels)
+
+    def _dbscan_tensor(self, image, k, y, x, score, ltrb) -> torch.Tensor:
+        """The DBSCAN clusters of the candidates where they are (:func:`dbscan_tensor`), from the boxes the host
+        would compute (the same float32 operations as :func:`corners`)."""
+        device, c = score.device, len(self.classes)
+        gx = x.float() * self.stride + self.offset
+        gy = y.float() * self.stride + self.offset
+        left, top, right, bottom = ltrb.unbind(1)
+        x1 = (gx - self.scale * left).clamp(0, self.width)
+        y1 = (gy - self.scale * top).clamp(0, self.height)
+        x2 = torch.maximum(gx + self.scale * right, x1).clamp(max=self.width)
+        y2 = torch.maximum(gy + self.scale * bottom, y1).clamp(max=self.height)
+        boxes = torch.stack([x1, y1, x2, y2], 1).double()
+        cfgs = self.clustering
+        clustered = torch.tensor([cc.clustering_algorithm in NEEDS_DBSCAN for cc in cfgs], device=device)
+        eps = torch.tensor([cc.dbscan_eps for cc in cfgs], dtype=torch.float64, device=device)
+        min_samples = torch.tensor([cc.dbscan_min_samples for cc in cfgs], dtype=torch.float64, device=device)
+        group = torch.where(clustered[k], image * c + k, torch.full_like(k, -1))
+        return dbscan_tensor(boxes, score.double() / min_samples[k], eps[k], group)
+
+    def cluster(
+        self,
+        b: int,
+        image: np.ndarray,
+        k: np.ndarray,
+        y: np.ndarray,
+        x: np.ndarray,
+        score: np.ndarray,
+        ltrb: np.ndarray,
+        labels: np.ndarray | None = None,
+    ) -> list[Detections]:
+        """One :class:`Detections` per image of ``b`` from the candidates (``ltrb [4, N]``; ``labels``: their
+        DBSCAN labels where :meth:`candidates` found them with the maps, else found here)."""
+        cfgs, c = self.clustering, len(self.classes)
         gx = x.astype(np.float32) * self.stride + self.offset
         gy = y.astype(np.float32) * self.stride + self.offset
-        ltrb = bbox.reshape(b, c, 4, h, w)[image, k, :, y, x].T  # [4, N]
         boxes = np.stack(corners(gx, gy, ltrb, self.scale, self.width, self.height), 1).astype(np.float64)
-        score = cov[image, k, y, x].astype(np.float64)
+        score = score.astype(np.float64)
         group = image * c + k
         ends = np.flatnonzero(np.diff(group)) + 1
         segments = list(zip(np.r_[0, ends].tolist(), np.r_[ends, len(group)].tolist())) if len(group) else []
-        labels = dbscan_segments(
-            boxes, score, [(s, e, cfgs[k[s]]) for s, e in segments if cfgs[k[s]].clustering_algorithm in NEEDS_DBSCAN]
-        )
+        if labels is None:
+            dbscan = [(s, e, cfgs[k[s]]) for s, e in segments if cfgs[k[s]].clustering_algorithm in NEEDS_DBSCAN]
+            labels = dbscan_segments(boxes, score, dbscan)
         # DBSCAN's clusters of the whole batch merged at once; NMS and hybrid group by group
-        algorithm = np.array([cc.clustering_algorithm for cc in cfgs], object)
-        plain = labels >= 0
-        plain[plain] = algorithm[k[plain]] == ClusteringAlgorithm.dbscan
+        is_dbscan = np.array([cc.clustering_algorithm is ClusteringAlgorithm.dbscan for cc in cfgs])
+        plain = (labels >= 0) & is_dbscan[k]
         merged, weight, count, member, index = merge(np.where(plain, labels, -1), boxes, score)
         cluster_k = np.zeros(len(weight), np.int64)
         cluster_k[index] = k[member]
