@@ -8,6 +8,7 @@ import json
 import av
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -191,6 +192,26 @@ def test_stream_gives_what_serial_calls_give_in_order_with_bounded_look_ahead(tr
     broken.write_bytes(b"not a png")
     with pytest.raises(DataError, match="broken.png"):
         list(predictor.stream(files[:4] + [broken] + files[:4], load_rgb, batch_size=2, workers=2))
+
+
+def test_a_predictor_takes_arrays_tensors_or_file_bytes_alike(trained):
+    """Decoded arrays, ``[3, h, w]`` uint8 tensors and the files' bytes (decoded in the batch, on a GPU's
+    nvJPEG for JPEGs where there is one) are the same images: the same detections, in image pixels."""
+    from transferdet.data.images import load_rgb
+
+    predictor = Predictor.load(trained["ckpt"])
+    files = sorted(trained["images"].glob("*.png"))[:4]
+    arrays = [load_rgb(f) for f in files]
+    expected = predictor(arrays)
+    assert sum(len(d.boxes) for d in expected) > 0
+    tensors = [torch.from_numpy(a).permute(2, 0, 1) for a in arrays]
+    mixed = [f.read_bytes() if i % 2 else a for i, (f, a) in enumerate(zip(files, arrays))]
+    for given in (tensors, [f.read_bytes() for f in files], mixed):
+        for a, b in zip(predictor(given), expected, strict=True):
+            np.testing.assert_array_equal(a.boxes, b.boxes)
+            np.testing.assert_array_equal(a.scores, b.scores)
+    streamed = [d for _, _, found in predictor.stream(files, lambda f: f.read_bytes(), 3, 2) for d in found]
+    assert [len(d.boxes) for d in streamed] == [len(d.boxes) for d in expected]
 
 
 def test_export_then_onnxruntime_infer_matches_torch(trained, tmp_path, cli):

@@ -25,6 +25,7 @@ from transferdet.detector import checkpoint
 from transferdet.detector.spec import DetectorSpec
 from transferdet.errors import ConfigError
 from transferdet.inference.backends import Backend, OnnxRuntimeBackend, TorchBackend
+from transferdet.inference.device import Image, decode_batch, image_size, preprocess_batch, thread_stream
 from transferdet.inference.tensorrt import TensorRTBackend, require_tensorrt
 from transferdet.structures import Detections
 
@@ -53,6 +54,10 @@ class Predictor:
         self.width, self.height = spec.width, spec.height
         self.postprocessor = spec.postprocessor()
         self.network_outputs = spec.network_outputs(backend)
+        # on a GPU the maps stay there: thresholding and the candidate bound run on it, the candidates cross
+        self.maps = self.network_outputs
+        if self.device.type == "cuda" and hasattr(backend, "tensors"):
+            self.maps = spec.network_outputs(backend.tensors)
         self.augmenter = Augmenter(AugmentationConfig(preprocessing=spec.preprocessing), train=False)
 
     @property
@@ -111,15 +116,29 @@ class Predictor:
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
         return Detections(boxes, det.class_ids, det.scores)
 
-    def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """Detections for ``[h, w, 3]`` uint8 RGB images, boxes in each image's own pixels."""
+    def preprocess_batch(self, images: Sequence[Image]) -> torch.Tensor:
+        """Images (host ``[h, w, 3]`` uint8 RGB, or ``[3, h, w]`` uint8 tensors) as one batch on the backend's
+        device: on a GPU preprocessed there (:mod:`transferdet.inference.device`), else on the host."""
+        if self.device.type == "cuda":
+            return preprocess_batch(images, self.spec.preprocessing, self.width, self.height, self.device)
+        host = [im if isinstance(im, np.ndarray) else im.cpu().permute(1, 2, 0).numpy() for im in images]
+        return torch.stack([self.preprocess(im) for im in host]) if len(host) > 1 else self.preprocess(host[0])[None]
+
+    def decode(self, datas: Sequence[bytes], sources: Sequence[str] | None = None) -> list[Image]:
+        """Image files' bytes as images, JPEGs on the GPU where the network runs on one (nvJPEG)."""
+        return decode_batch(datas, self.device, sources)
+
+    def __call__(self, images: Sequence[Image | bytes]) -> list[Detections]:
+        """Detections for images (``[h, w, 3]`` uint8 RGB arrays, ``[3, h, w]`` uint8 tensors, or the bytes of
+        image files), boxes in each image's own pixels."""
         if not images:
             return []
-        batch = (
-            torch.stack([self.preprocess(im) for im in images]) if len(images) > 1 else self.preprocess(images[0])[None]
-        )
-        found = self.postprocessor(*self.outputs(batch))
-        return [self.to_image_coordinates(d, im.shape[1], im.shape[0]) for d, im in zip(found, images)]
+        if any(isinstance(im, bytes) for im in images):
+            encoded = [i for i, im in enumerate(images) if isinstance(im, bytes)]
+            decoded = dict(zip(encoded, self.decode([images[i] for i in encoded])))
+            images = [decoded.get(i, im) for i, im in enumerate(images)]
+        found = self.postprocessor(*self.maps(self.preprocess_batch(images)))
+        return [self.to_image_coordinates(d, *image_size(im)) for d, im in zip(found, images)]
 
     def stream(
         self, items: Iterable[T], load: Callable[[T], np.ndarray], batch_size: int = 1, workers: int = 2
@@ -133,8 +152,9 @@ class Predictor:
         """
 
         def run(chunk: list[T]) -> tuple[list[T], list[np.ndarray], list[Detections]]:
-            images = [load(item) for item in chunk]
-            return chunk, images, self(images)
+            with thread_stream(self.device):  # on a GPU each worker its own CUDA stream
+                images = [load(item) for item in chunk]
+                return chunk, images, self(images)
 
         if workers <= 1:
             yield from map(run, batches(items, batch_size))

@@ -12,6 +12,7 @@ checked and what was not.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,7 @@ class TensorRTBackend:
         if self.engine is None:
             raise DataError("engine", "TensorRT could not load the engine it built")
         self.context = self.engine.create_execution_context()
+        self.lock = threading.Lock()  # one execution context: streaming threads take turns at its bindings
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.outputs = sorted(outputs, key=lambda n: "cov" not in n)  # (coverage, bbox), as the other backends
@@ -168,6 +170,10 @@ class TensorRTBackend:
     @torch.no_grad()
     def _run(self, batch: torch.Tensor) -> list[torch.Tensor]:
         x = batch.to(self.device, torch.float32).contiguous()
+        with self.lock:
+            return self._execute(x)
+
+    def _execute(self, x: torch.Tensor) -> list[torch.Tensor]:
         self.context.set_input_shape(INPUT_NAME, tuple(x.shape))
         self.context.set_tensor_address(INPUT_NAME, x.data_ptr())
         outs = []
@@ -181,7 +187,12 @@ class TensorRTBackend:
             raise RuntimeError("TensorRT failed to run the engine")
         return outs
 
-    def __call__(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def tensors(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw outputs (cov, bbox) as float32 tensors on the GPU."""
         chunks = [self._run(part) for part in torch.split(batch, self.max_batch_size)]
-        cov, bbox = (torch.cat(parts).float().cpu().numpy() for parts in zip(*chunks))  # .cpu() waits for the stream
+        cov, bbox = (torch.cat(parts).float() for parts in zip(*chunks))
         return cov, bbox
+
+    def __call__(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        cov, bbox = self.tensors(batch)
+        return cov.cpu().numpy(), bbox.cpu().numpy()  # .cpu() waits for the stream
