@@ -354,6 +354,24 @@ def test_benchmark_writes_a_table_json_and_chart(trained, tmp_path, cli):
         f"hydra.run.dir={tmp_path / 'w'}",
     )
     assert r.returncode == 2 and "config key 'benchmark.workers'" in r.stderr
+    # end to end from JPEG files (a camera's format; on a GPU decoded there): the same images, re-encoded
+    r = cli(
+        "benchmark",
+        f"benchmark.models={{unpruned: {trained['ckpt']}}}",
+        f"dataset.root={trained['root']}",
+        "benchmark.image_encoding=jpeg",
+        "benchmark.runtimes=[torch]",
+        "benchmark.batch_sizes=[2]",
+        "benchmark.gpu_batch_sizes=[]",
+        "benchmark.repeats=1",
+        f"hydra.run.dir={tmp_path / 'jpeg'}",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads((tmp_path / "jpeg" / "benchmark.json").read_text())
+    assert out["image_encoding"] == "jpeg" and {x["batch"] for x in out["rows"]} == {2}
+    assert all(abs(x["mAP"] - rows[0]["mAP"]) < 0.05 for x in out["rows"] if x["precision"] == "fp32")
+    r = cli("benchmark", f"benchmark.models={{unpruned: {trained['ckpt']}}}", "benchmark.image_encoding=png")
+    assert r.returncode == 2 and "benchmark.image_encoding" in r.stderr and "jpeg" in r.stderr
 
 
 def test_prune_then_retrain_from_config_in_a_fresh_process(trained, tmp_path, cli):

@@ -8,13 +8,15 @@ report shows one INT8 model and one INT8 mAP; a model without an export is expor
 export and calibration settings. Two timings per row, in the same run:
 
 * network-only: a preprocessed batch on the runtime's device in, raw outputs on the host out;
-* end-to-end: PNG bytes in, detections out (decode, preprocess, network, clustering). The latency is one
-  batch at a time; the throughput is a stream of images through ``Predictor.stream`` with ``workers``
-  batches in flight, the way ``infer`` runs.
+* end-to-end: image file bytes in (the dataset's, or JPEGs with ``benchmark.image_encoding=jpeg``),
+  detections out (decode, preprocess, network, clustering; on a GPU the JPEG decoding, the preprocessing and
+  the thresholding run there). The latency is one batch at a time; the throughput is a stream of images
+  through ``Predictor.stream`` with ``workers`` batches in flight, the way ``infer`` runs.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Callable
@@ -23,11 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from transferdet.bench.streams import measure_streams, streams_sustained, write_video
 from transferdet.config.overrides import DetectorOverrides
 from transferdet.config.schema import CalibrationConfig, DataType, ExportConfig
-from transferdet.config.tasks import BenchmarkSettings, Precision, Runtime
+from transferdet.config.tasks import BenchmarkSettings, ImageEncoding, Precision, Runtime
 from transferdet.data.converted import ConvertedDataset
 from transferdet.data.images import decode_rgb
 from transferdet.detector import checkpoint
@@ -64,12 +67,21 @@ def _timings(fn: Callable[[], object], repeats: int) -> np.ndarray:
     return np.array(out)
 
 
-def encoded_images(converted: Path, count: int) -> list[bytes]:
-    """``count`` validation images as their files' bytes (decoding is part of the end-to-end time); a split
-    smaller than ``count`` is repeated."""
+def encoded_images(converted: Path, count: int, encoding: ImageEncoding = ImageEncoding.source) -> list[bytes]:
+    """``count`` validation images as their files' bytes (decoding is part of the end-to-end time), or those
+    images re-encoded as JPEG files; a split smaller than ``count`` is repeated."""
     val = ConvertedDataset(converted).split("val")
     files = [Path(val[i].image_path).read_bytes() for i in range(min(count, len(val)))]
+    if encoding is ImageEncoding.jpeg:
+        files = [jpeg(decode(f)) for f in files]
     return [files[i % len(files)] for i in range(count)]
+
+
+def jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+    """An RGB image as the bytes of a JPEG file."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -86,19 +98,20 @@ def measure(
     workers: int = 1,
 ) -> dict[str, float]:
     """Network-only and end-to-end latency of ``batch`` images at a time, and the end-to-end throughput of
-    ``images`` streamed through ``streamer`` (default: ``predictor``) with ``workers`` batches in flight."""
+    ``images`` streamed through ``streamer`` (default: ``predictor``) with ``workers`` batches in flight.
+    End to end the predictor takes the files' bytes (on a GPU it decodes JPEGs there)."""
     decoded = [decode(b) for b in images[:batch]]
     # network-only starts from a preprocessed batch already on the runtime's device (as the anchors do)
     tensors = torch.stack([predictor.preprocess(im) for im in decoded]).to(predictor.device)
     network = _timings(lambda: predictor.outputs(tensors), repeats) / batch
-    e2e = _timings(lambda: predictor([decode(b) for b in images[:batch]]), repeats) / batch
+    e2e = _timings(lambda: predictor(images[:batch]), repeats) / batch
 
     # the stream lasts about STREAM_SECONDS (at the serial speed), at least 4 rounds of batches in flight, so
     # filling and draining the workers is a small part of it
     count = max(4 * workers * batch, min(len(images), int(STREAM_SECONDS / float(np.median(e2e)))))
 
     def stream() -> None:
-        for _ in (streamer or predictor).stream(images[:count], decode, batch, workers):
+        for _ in (streamer or predictor).stream(images[:count], _same, batch, workers):
             pass
 
     streamed = _timings(stream, 3) / count
@@ -201,7 +214,7 @@ def run_benchmark(
     sizes = list(settings.batch_sizes)
     if torch.cuda.is_available():  # larger batches where a GPU has the room for them
         sizes += [b for b in settings.gpu_batch_sizes if b not in sizes]
-    images = encoded_images(converted, max(STREAM_IMAGES, 4 * workers * max(sizes)))
+    images = encoded_images(converted, max(STREAM_IMAGES, 4 * workers * max(sizes)), settings.image_encoding)
     video = stream_video(images, work / "streams.mp4") if settings.video_streams else None
     rows: list[dict] = []
     stream_rows: list[dict] = []
@@ -333,3 +346,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_title(f"throughput at batch {batch} (speedup: end to end vs the first PyTorch fp32 row)")
     ax.legend()
     save_figure(fig, path)
+
+
+def _same(data: bytes) -> bytes:
+    return data

@@ -15,6 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from transferdet.inference.backends import machine_cores
 from transferdet.inference.predictor import Predictor
 
 FPS = 30.0
@@ -36,18 +37,20 @@ def write_video(images: list[np.ndarray], frames: int, path: Path) -> Path:
     return path
 
 
-def _decode(video: Path, frames: int, out: queue.Queue, stop: threading.Event) -> None:
+def _decode(video: Path, frames: int, out: queue.Queue, stop: threading.Event, threads: int) -> None:
     """``frames`` RGB frames of ``video`` (played again from the start as often as needed) into ``out``, then
-    None; an error goes into ``out`` too, so the reader raises it."""
+    None, decoded by ``threads`` FFmpeg threads; an error goes into ``out`` too, so the reader raises it."""
     try:
         sent = 0
         while sent < frames and not stop.is_set():
             with av.open(str(video)) as source:
-                source.streams.video[0].thread_type = "AUTO"
-                for frame in source.decode(video=0):
+                stream = source.streams.video[0]
+                stream.thread_type = "AUTO"
+                stream.codec_context.thread_count = threads
+                for frame in source.decode(stream):
                     if sent == frames or stop.is_set():
                         break
-                    out.put(frame.to_ndarray(format="rgb24"))
+                    out.put(frame.to_ndarray(format="rgb24", threads=1))
                     sent += 1
             if sent == 0:
                 raise ValueError(f"{video}: no video frames")
@@ -58,10 +61,13 @@ def _decode(video: Path, frames: int, out: queue.Queue, stop: threading.Event) -
 
 def interleaved(video: Path, streams: int, frames: int) -> Iterator[np.ndarray]:
     """Frame 0 of stream 0, frame 0 of stream 1, ..., frame 1 of stream 0, ...: ``streams`` copies of ``video``
-    decoded by one thread each (a few frames ahead at most), ``frames`` frames each."""
+    decoded by one thread each (a few frames ahead at most), ``frames`` frames each. The cores are shared out
+    between the streams' decoders (FFmpeg's own threads, one each at least): 256 streams with a thread per
+    core each ran out of threads on a 16-core machine."""
     stop = threading.Event()
     queues = [queue.Queue(maxsize=4) for _ in range(streams)]
-    threads = [threading.Thread(target=_decode, args=(video, frames, q, stop), daemon=True) for q in queues]
+    each = max(1, machine_cores() // streams)
+    threads = [threading.Thread(target=_decode, args=(video, frames, q, stop, each), daemon=True) for q in queues]
     for t in threads:
         t.start()
     try:

@@ -29,6 +29,14 @@ class Runtime(Enum):
     tensorrt = "tensorrt"
 
 
+class ImageEncoding(Enum):
+    """The files the benchmark's end-to-end timings decode: the dataset's own, or re-encoded as JPEG (quality
+    95: a camera's format, decoded by nvJPEG on a GPU)."""
+
+    source = "source"
+    jpeg = "jpeg"
+
+
 class Precision(Enum):
     """The torch runtime's precision: fp16 on a CUDA GPU only (an exported model has its own)."""
 
@@ -96,6 +104,7 @@ class BenchmarkSettings:
     # numbers of concurrent video streams to measure (e.g. [1, 2, 4, 8]); None: no video streams
     video_streams: list[int] | None = None
     video_frames: int = 60  # frames each stream plays
+    image_encoding: ImageEncoding = ImageEncoding.source
 
 
 @dataclass

@@ -37,7 +37,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         models, b, overrides, typed(cfg, "export"), typed(cfg, "calibration"), converted, run_dir
     )
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    summary = {"device": device, "threads": torch.get_num_threads(), "workers": workers_or_default(b.workers)}
+    summary = {
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "workers": workers_or_default(b.workers),
+        "image_encoding": b.image_encoding.value,
+    }
     write_json_atomic(run_dir / "benchmark.json", {**summary, "rows": rows, "video_streams": streams})
     write_text_atomic(run_dir / "benchmark.md", markdown(rows))
     plot(rows, run_dir / "benchmark.png")
