@@ -214,6 +214,23 @@ def test_a_predictor_takes_arrays_tensors_or_file_bytes_alike(trained):
     assert [len(d.boxes) for d in streamed] == [len(d.boxes) for d in expected]
 
 
+@pytest.mark.parametrize("flip", [False, True])
+def test_maps_kept_as_tensors_give_the_host_maps_detections(trained, flip):
+    """What a GPU predictor does (the network's maps kept as tensors, thresholded, bounded and clustered where
+    they are, test-time flip averaged there), here with the CPU's tensors: the host path's detections."""
+    from transferdet.data.images import load_rgb
+
+    overrides = DetectorOverrides(postprocessing={"test_time_flip": flip})
+    predictor = Predictor.load(trained["ckpt"], overrides=overrides)
+    images = [load_rgb(f) for f in sorted(trained["images"].glob("*.png"))[:6]]
+    expected = predictor(images)
+    assert sum(len(d.boxes) for d in expected) > 0
+    predictor.maps = predictor.spec.network_outputs(predictor.backend.tensors)
+    for a, b in zip(predictor(images), expected, strict=True):
+        np.testing.assert_allclose(a.boxes, b.boxes, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-9)
+
+
 def test_export_then_onnxruntime_infer_matches_torch(trained, tmp_path, cli):
     r = cli(
         "export",

@@ -54,7 +54,7 @@ class Predictor:
         self.width, self.height = spec.width, spec.height
         self.postprocessor = spec.postprocessor()
         self.network_outputs = spec.network_outputs(backend)
-        # on a GPU the maps stay there: thresholding and the candidate bound run on it, the candidates cross
+        # on a GPU the maps stay there: thresholding, the bound and DBSCAN run on it, the candidates cross
         self.maps = self.network_outputs
         if self.device.type == "cuda" and hasattr(backend, "tensors"):
             self.maps = spec.network_outputs(backend.tensors)
@@ -141,9 +141,10 @@ class Predictor:
         return [self.to_image_coordinates(d, *image_size(im)) for d, im in zip(found, images)]
 
     def stream(
-        self, items: Iterable[T], load: Callable[[T], np.ndarray], batch_size: int = 1, workers: int = 2
-    ) -> Iterator[tuple[list[T], list[np.ndarray], list[Detections]]]:
-        """``(items, images, detections)`` batch by batch, in input order, for a stream of inputs.
+        self, items: Iterable[T], load: Callable[[T], Image | bytes], batch_size: int = 1, workers: int = 2
+    ) -> Iterator[tuple[list[T], list[Image | bytes], list[Detections]]]:
+        """``(items, images, detections)`` batch by batch, in input order, for a stream of inputs; ``load``
+        returns an image or an image file's bytes (decoded with the batch: JPEGs by nvJPEG on a GPU).
 
         ``workers`` threads each load (decode) and run one batch while the others run theirs: image
         decoding, ONNX Runtime and PyTorch release the GIL, so the decoding and clustering of one batch
@@ -151,7 +152,7 @@ class Predictor:
         grow with the input. ``workers=1`` runs batch after batch in the calling thread.
         """
 
-        def run(chunk: list[T]) -> tuple[list[T], list[np.ndarray], list[Detections]]:
+        def run(chunk: list[T]) -> tuple[list[T], list[Image | bytes], list[Detections]]:
             with thread_stream(self.device):  # on a GPU each worker its own CUDA stream
                 images = [load(item) for item in chunk]
                 return chunk, images, self(images)
