@@ -231,6 +231,28 @@ def test_maps_kept_as_tensors_give_the_host_maps_detections(trained, flip):
         np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-9)
 
 
+def test_gpu_stages_times_every_stage_of_a_batch(trained, tmp_path):
+    """``python -m transferdet.bench.gpu_stages`` (on the CPU here: the same stages, a smoke test of the script):
+    every stage measured, the JSON written."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "stages.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "transferdet.bench.gpu_stages", str(trained["ckpt"]), str(trained["images"])]
+        + ["--batch", "3", "--repeats", "2", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["batch"] == 3 and result["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    for key in ("decode_gpu_ms", "decode_host_ms", "preprocess_ms", "network_ms", "clustering_ms", "end_to_end_ms"):
+        assert result[key] > 0, key
+    assert result["candidates_per_image"] >= 0 and "end_to_end_ms" in r.stdout
+
+
 def test_export_then_onnxruntime_infer_matches_torch(trained, tmp_path, cli):
     r = cli(
         "export",
