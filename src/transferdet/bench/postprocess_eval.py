@@ -6,7 +6,8 @@ Post-processing: DetectNet_v2 outputs of a 3-class 1248x384 network (78x24 grid)
 8 to 60 px cover ellipses of cells, and weak background responses put 1 % or 4 % of the cells above
 the 0.005 coverage threshold. Target: <= 2 ms per image. And the outputs of a ResNet-18 DetectNet_v2 with
 random weights (every cell a candidate, as in an untrained or early model): target <= 5 ms per image with the
-default ``max_candidates`` (with and without ``dbscan_merge_iou_threshold``); the unbounded figure next to it.
+default ``max_candidates`` (with and without ``dbscan_merge_iou_threshold``); the unbounded figure next to it;
+and the host's share when the maps are on a GPU (thresholding, the bound and DBSCAN there).
 Evaluation: 7,500 images x 3 classes of ground truth and detections (KITTI validation-set scale),
 VOC + KITTI levels + size buckets, and separately the COCO line. Target: <= 10 s.
 """
@@ -107,6 +108,17 @@ def bench_random_model(images: int = 4, repeats: int = 5) -> dict:
                 times.append(time.perf_counter() - t)
         out[f"random_model/{tag}_ms_per_image_p50"] = 1e3 * float(np.median(times))
         out[f"random_model/{tag}_ms_per_image_max"] = 1e3 * float(np.max(times))
+    # the host's share where the maps are on a GPU: thresholding, the bound and DBSCAN ran there (here once, on
+    # the CPU, untimed); the host numbers and merges the clusters of the whole batch
+    cfg = PostprocessingConfig(target_class_config={c: PostprocessingClassConfig(ClusteringConfig()) for c in CLASSES})
+    post = Postprocessor(CLASSES, cfg, width=W, height=H)
+    found = post.candidates(torch.from_numpy(cov), torch.from_numpy(bbox))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        post.cluster(images, *found)
+        times.append((time.perf_counter() - t) / images)
+    out["random_model/bounded_host_share_ms_per_image_p50"] = 1e3 * float(np.median(times))
     return out
 
 
