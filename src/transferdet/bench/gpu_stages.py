@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from transferdet.bench.models import jpeg
+from transferdet.bench.models import jpeg, timings
 from transferdet.config.tasks import Precision
 from transferdet.data.images import decode_rgb, load_rgb
 from transferdet.inference.device import decode_batch
@@ -27,17 +26,9 @@ from transferdet.inference.predictor import Predictor
 
 
 def _ms(fn: Callable[[], object], repeats: int) -> float:
-    """Median milliseconds of ``fn``, the device synchronised before and after each call."""
+    """Median milliseconds of ``fn``, the device synchronised after each call (so before the next)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    fn()
-    out = []
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        out.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(out))
+    return 1e3 * float(np.median(timings(lambda: (fn(), sync()), repeats)))
 
 
 def stages(predictor: Predictor, datas: list[bytes], repeats: int) -> dict[str, float]:

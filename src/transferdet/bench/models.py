@@ -57,7 +57,7 @@ class Variant:
     path: Path
 
 
-def _timings(fn: Callable[[], object], repeats: int) -> np.ndarray:
+def timings(fn: Callable[[], object], repeats: int) -> np.ndarray:
     fn()  # warm-up
     out = []
     for _ in range(repeats):
@@ -103,8 +103,8 @@ def measure(
     decoded = [decode(b) for b in images[:batch]]
     # network-only starts from a preprocessed batch already on the runtime's device (as the anchors do)
     tensors = torch.stack([predictor.preprocess(im) for im in decoded]).to(predictor.device)
-    network = _timings(lambda: predictor.outputs(tensors), repeats) / batch
-    e2e = _timings(lambda: predictor(images[:batch]), repeats) / batch
+    network = timings(lambda: predictor.outputs(tensors), repeats) / batch
+    e2e = timings(lambda: predictor(images[:batch]), repeats) / batch
 
     # the stream lasts about STREAM_SECONDS (at the serial speed), at least 4 rounds of batches in flight, so
     # filling and draining the workers is a small part of it
@@ -114,7 +114,7 @@ def measure(
         for _ in (streamer or predictor).stream(images[:count], _same, batch, workers):
             pass
 
-    streamed = _timings(stream, 3) / count
+    streamed = timings(stream, 3) / count
     return {
         "network_ms_p50": 1e3 * float(np.median(network)),
         "network_ms_p90": 1e3 * float(np.percentile(network, 90)),

@@ -33,11 +33,12 @@ def allowed_from(err: OmegaConfBaseException) -> str:
     msg = str(getattr(err, "msg", err)).splitlines()[0]
     if m := re.search(r"expected one of \[(.*)\]", msg):
         return f"one of {m.group(1)}"
-    words = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false"}
-    if m := re.search(r"could not be converted to (\w+)", msg):
-        return words.get(m.group(1), m.group(1))
-    if m := re.search(r"is not a valid (\w+)", msg):  # a value merged into a typed node (a trained model's overrides)
-        return words.get({"bool": "Boolean", "int": "Integer", "float": "Float"}.get(m.group(1), ""), m.group(1))
+    # OmegaConf names the type one way on conversion and another when a value is merged into a typed node
+    words = {"a number": ("Float", "float"), "an integer": ("Integer", "int"), "true or false": ("Boolean", "bool")}
+    names = {name: word for word, spellings in words.items() for name in spellings}
+    if m := re.search(r"could not be converted to (\w+)|is not a valid (\w+)", msg):
+        kind = m.group(1) or m.group(2)
+        return names.get(kind, kind)
     if m := re.search(r"Key '(.+)' not in '(\w+)'", msg):
         owner = getattr(err, "object_type", None)
         names = [f.name for f in dataclasses.fields(owner)] if dataclasses.is_dataclass(owner) else []

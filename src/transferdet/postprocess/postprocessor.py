@@ -101,8 +101,9 @@ class Postprocessor:
         return self.cluster(cov.shape[0], *self.candidates(cov, bbox))
 
     def candidates(self, cov: np.ndarray | torch.Tensor, bbox: np.ndarray | torch.Tensor) -> tuple[np.ndarray, ...]:
-        """The candidates of a batch on the host, in (image, class, grid) order: ``image, k, y, x, score`` and
-        ``ltrb [4, N]``, thresholded and bounded where the maps are."""
+        """The candidates of a batch on the host, in (image, class, grid) order: ``image, k, y, x, score``,
+        ``ltrb [4, N]`` and DBSCAN ``labels``, thresholded and bounded where the maps are (labels found there for
+        tensors; None for numpy maps: :meth:`cluster` finds them)."""
         b, c, h, w = cov.shape
         if c != len(self.classes) or tuple(bbox.shape) != (b, 4 * c, h, w):
             raise ValueError(
@@ -124,11 +125,11 @@ class Postprocessor:
         b, c, h, w = cov.shape
         image, k, y, x = np.nonzero(cov > self._thresholds()[:, None, None])
         image, k, y, x = self._bounded(cov, image, k, y, x)
-        return image, k, y, x, cov[image, k, y, x], bbox.reshape(b, c, 4, h, w)[image, k, :, y, x].T
+        return image, k, y, x, cov[image, k, y, x], bbox.reshape(b, c, 4, h, w)[image, k, :, y, x].T, None
 
     def _candidates_tensor(self, cov: torch.Tensor, bbox: torch.Tensor) -> tuple[np.ndarray, ...]:
-        """:meth:`_candidates` where the maps are: the same cells, in the same order, brought to the host as one
-        ``[N, 9]`` float32 array (cell indices are exact in float32)."""
+        """:meth:`_candidates` where the maps are: the same cells, in the same order, with their DBSCAN clusters,
+        brought to the host as one ``[N, 10]`` float32 array (indices are exact in float32)."""
         b, c, h, w = cov.shape
         cov = cov.float()
         thr = torch.from_numpy(self._thresholds()).to(cov.device)[:, None, None]
