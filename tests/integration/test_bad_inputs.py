@@ -697,6 +697,13 @@ case(  # without TensorRT or a GPU the runtime is missing; with them, a .ckpt is
     ),
 )
 case("no-model-no-files", "evaluate", lambda t, a: [], "config key 'checkpoint'", "predictions=DIR")
+case(  # a model trained on every frame (dataset.val_split=0) has no validation images of its own to score on
+    "empty-validation-split",
+    "evaluate",
+    lambda t, a: [f"checkpoint={a['ckpt']}", *ds(a["root"]), "dataset.val_split=0", f"dataset.converted_dir={t / 'c'}"],
+    "config key 'dataset.val_split' has value 0",
+    "validation images to score on (dataset.val_split=100",
+)
 case(
     "checkpoint-and-predictions",
     "evaluate",
@@ -1054,6 +1061,14 @@ case(
     "pipeline",
     lambda t, a: [f"dataset.root={t / 'ds'}", "pipeline.retrain_epochs_factor=0"],
     "config key 'pipeline.retrain_epochs_factor' has value 0",
+)
+case(
+    "no-validation-images",
+    "pipeline",
+    lambda t, a: [f"dataset.root={t / 'ds'}", "dataset.val_split=0"],
+    "config key 'dataset.val_split' has value 0",
+    "above 0 for the pipeline",
+    check=lambda t, a, r: not (t / "ds").exists(),
 )
 case(
     "bad-value-in-a-later-stage",

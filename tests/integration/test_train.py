@@ -355,3 +355,30 @@ def test_ema_decay_validates_and_saves_the_average_and_a_resume_continues_it(tin
     fit(resumed, f"training.resume={run / 'checkpoints' / 'epoch_000.ckpt'}")
     final = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
     assert int(final["averaging_state"]["n_averaged"]) == 16 and final["global_step"] == 16
+
+
+def test_val_split_zero_trains_on_every_image_without_validation(cli, tiny_root, tmp_path):
+    conv = f"dataset.converted_dir={tmp_path / 'every_image'}"
+    r = cli(
+        "train",
+        f"dataset.root={tiny_root}",
+        "dataset.val_split=0",
+        conv,
+        *TINY,
+        "training.num_epochs=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "training without validation" in r.stdout + r.stderr and "final val/mAP" not in r.stdout + r.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train/steps"] == 10 and not any(k.startswith("val/") for k in metrics)  # 40 images, batch 4
+    r = cli(
+        "evaluate",
+        f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
+        f"dataset.root={tiny_root}",
+        "dataset.val_split=100",
+        f"dataset.converted_dir={tmp_path / 'scored'}",
+        f"hydra.run.dir={tmp_path / 'ev'}",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["num_images"] == 40

@@ -31,6 +31,9 @@ def _in_range(key: str, value: float, lo: float, hi: float, *, lo_open: bool = F
 
 
 MAX_SEED = 2**32 - 1  # numpy's and Lightning's seeds are unsigned 32-bit
+NO_VALIDATION_IMAGES = (
+    "a split with validation images to score on (dataset.val_split=100 scores every image of dataset.root)"
+)
 
 
 def seed(key: str, value: Any) -> None:
@@ -450,6 +453,17 @@ def validate(cfg: DictConfig, task: str | None = None) -> None:
             val_split,
             "below 100 to train (100 holds every image out: for `transferdet evaluate` on a whole folder)",
         )
+    random = "dataset" in cfg and cfg.dataset.get("partition_mode", "random") in ("random", S.PartitionMode.random)
+    if random and val_split is not None and val_split <= 0:  # no validation images: refused before any work
+        if task == "pipeline":
+            raise ConfigError(
+                "dataset.val_split",
+                val_split,
+                "above 0 for the pipeline, which scores every model it makes on the validation images "
+                "(`transferdet train` takes 0 to train on every image)",
+            )
+        if task == "evaluate" and cfg.get("checkpoint"):
+            raise ConfigError("dataset.val_split", val_split, NO_VALIDATION_IMAGES)
     if takes_checkpoint:
         task_args(cfg, task)
         DetectorOverrides.from_config(cfg)

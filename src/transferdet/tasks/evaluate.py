@@ -20,8 +20,9 @@ from omegaconf import DictConfig
 
 from transferdet.config.overrides import DetectorOverrides
 from transferdet.config.tasks import task_args
-from transferdet.config.validate import target_classes, typed
+from transferdet.config.validate import NO_VALIDATION_IMAGES, target_classes, typed
 from transferdet.data.convert import normalised_mapping
+from transferdet.data.converted import ConvertedDataset
 from transferdet.data.prepare import dataset_for_model, ensure_converted
 from transferdet.errors import ConfigError
 from transferdet.evaluation.coco import coco_map
@@ -43,7 +44,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         predictor = Predictor.load(args.checkpoint, args.runtime, overrides, precision=args.precision)
         write_config(run_dir, cfg, predictor.spec.as_config())
         dataset = dataset_for_model(dataset, args.checkpoint, predictor.classes)
-        ev = evaluate_predictor(predictor, ensure_converted(dataset))
+        converted = ensure_converted(dataset)
+        if len(ConvertedDataset(converted, verify=False).split("val")) == 0:
+            raise ConfigError("dataset.val_split", dataset.val_split, NO_VALIDATION_IMAGES)
+        ev = evaluate_predictor(predictor, converted)
         gts, dets, classes, result = ev.ground_truth, ev.detections, predictor.classes, ev.result
     elif args.predictions and args.labels:
         classes = target_classes(dataset)

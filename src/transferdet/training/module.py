@@ -131,6 +131,18 @@ class DetectNetModule(pl.LightningModule):
                 trainable / 1e6,
                 self.device,
             )
+            if not self._has_validation():
+                log.info(
+                    "the validation split has no images (dataset.val_split=0): training without validation; "
+                    "`transferdet evaluate checkpoint=... dataset.root=DIR dataset.val_split=100` scores the model "
+                    "on other frames"
+                )
+
+    def _has_validation(self) -> bool:
+        """False where the data module has no validation images (``dataset.val_split=0``: train on every frame)."""
+        dm = self.trainer.datamodule
+        val = getattr(dm, "val_set", None)
+        return dm is not None and (val is None or len(val) > 0)
 
     # ------------------------------------------------------------------ freezing
     def apply_freezing(self) -> None:
@@ -195,7 +207,7 @@ class DetectNetModule(pl.LightningModule):
             for o, name in enumerate(OBJECTIVES):
                 self.log(f"train/objective_weight_{name}/{cls}", float(self.cost.objective_weight[k, o]))
         epoch = self.current_epoch + 1
-        if validation_due(epoch, self.train_cfg.num_epochs, self.eval_cfg) and self.trainer.datamodule is not None:
+        if validation_due(epoch, self.train_cfg.num_epochs, self.eval_cfg) and self._has_validation():
             if self.trainer.is_global_zero:
                 metrics = self.evaluate_loader(self.trainer.datamodule.val_dataloader(), log_images=True)
                 self.last_validation = metrics
