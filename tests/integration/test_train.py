@@ -382,3 +382,11 @@ def test_val_split_zero_trains_on_every_image_without_validation(cli, tiny_root,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["num_images"] == 40
+    # without dataset.root the model's own dataset is scored: its validation split is empty, which is one error
+    r = cli(
+        "evaluate", f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={tmp_path / 'x'}"
+    )
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "transferdet evaluate: error: config key 'dataset.val_split' has value 0.0; allowed: a split with validation "
+        "images to score on (dataset.val_split=100 scores every image of dataset.root)"
+    ], r.stderr[-3000:]
