@@ -14,6 +14,7 @@ from pytorch_lightning.plugins.precision import MixedPrecision
 
 from tests.conftest import compose_task
 from transferdet.config.schema import (
+    BboxLoss,
     CostClassConfig,
     CostConfig,
     ModelConfig,
@@ -35,7 +36,7 @@ from transferdet.detector.pretrained import (
 )
 from transferdet.errors import ConfigError, DataError
 from transferdet.inference.backends import TorchBackend
-from transferdet.losses.cost import DetectNetCost, regularization
+from transferdet.losses.cost import MIN_SCALED_EXTENT, DetectNetCost, regularization
 from transferdet.losses.rasterizer import Rasterizer
 from transferdet.models import build_detector
 from transferdet.training.module import TrainingDiverged
@@ -178,6 +179,26 @@ def test_coverage_loss_weights_foreground_and_background():
     perfect = _cost()(t.cov.clone().clamp(1e-6, 1 - 1e-6).expand(1, 3, 4, 8).clone(), t.bbox, t)[1]
     wrong = _cost()(1 - t.cov, t.bbox, t)[1]
     assert perfect[0, 0] < 0.01 < wrong[0, 0] and perfect[0, 1] == 0  # exact boxes: zero bbox loss
+
+
+def test_scaled_l1_divides_each_edge_error_by_the_box_width_or_height():
+    # one 64x32-pixel car: the same error of 0.1 bbox-scale units (35 px) on every edge of every cell
+    t = _targets([(16, 16, 80, 48)], [0])
+    cov = t.cov.clone()
+    l1 = _cost()(cov, t.bbox + 0.1, t)[1][0, 1]
+    scaled = _cost(bbox_loss=BboxLoss.scaled_l1)(cov, t.bbox + 0.1, t)[1][0, 1]
+    assert l1 > 0
+    # left/right errors over the width 64/35, top/bottom over the height 32/35
+    assert scaled / l1 == pytest.approx((35 / 64 + 35 / 32) / 2, rel=1e-5)
+    # a 4x4-pixel box is divided by the floor, not by its 0.11 units
+    tiny = _targets([(40, 24, 44, 28)], [0])
+    ratio = (
+        _cost(bbox_loss=BboxLoss.scaled_l1)(tiny.cov, tiny.bbox + 0.1, tiny)[1][0, 1]
+        / _cost()(tiny.cov, tiny.bbox + 0.1, tiny)[1][0, 1]
+    )
+    assert ratio == pytest.approx(1 / MIN_SCALED_EXTENT, rel=1e-5)
+    # exact boxes still cost nothing
+    assert _cost(bbox_loss=BboxLoss.scaled_l1)(cov, t.bbox, t)[1][0, 1] == 0
 
 
 def test_distillation_cost_is_least_at_the_teacher_and_weighs_boxes_by_its_coverage():

@@ -56,6 +56,11 @@ class SynthStyle(Enum):
     textured = "textured"  # shaded and textured surfaces, shadows, facades and trees, oblique parked cars
 
 
+class BboxLoss(Enum):
+    l1 = "l1"  # TLT's: |prediction - target| per edge, in units of the bbox scale
+    scaled_l1 = "scaled_l1"  # each edge's error over the object's width (left, right) or height (top, bottom)
+
+
 class RegularizerType(Enum):
     NO_REG = "NO_REG"
     L1 = "L1"
@@ -367,6 +372,8 @@ class CostConfig:
     enable_autoweighting: bool = True
     max_objective_weight: float = 0.9999
     min_objective_weight: float = 0.0001
+    # not in TLT: scaled_l1 weighs an edge's error relative to the object's size, as IoU does
+    bbox_loss: BboxLoss = BboxLoss.l1
 
 
 # --------------------------------------------------------------------------- synth (task block)

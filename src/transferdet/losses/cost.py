@@ -5,6 +5,8 @@ Per class k, with target t, prediction p (sigmoid output) and loss mask m:
 * coverage: weighted binary cross-entropy, weight ``coverage_foreground_weight`` where t > 0.5 and
   1 - that weight elsewhere, times m, mean over cells;
 * bbox: L1 |pred - target| times the rasterizer's bbox weight and m, mean over cells and coordinates;
+  with ``bbox_loss: scaled_l1`` each edge's error is first divided by the target box's width (left, right)
+  or height (top, bottom), so that a small object's edges count as much as IoU says they do;
 * total = sum_k sum_obj (class_weight_k / sum class_weight) * w_obj,k * cost_obj,k.
 
 Objective weights start at ``initial_weight`` normalised over the class's objectives; with
@@ -18,16 +20,27 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from transferdet.config.schema import CostConfig, RegularizerConfig, RegularizerType
+from transferdet.config.schema import BboxLoss, CostConfig, RegularizerConfig, RegularizerType
 from transferdet.losses.rasterizer import Targets
 
 OBJECTIVES = ("cov", "bbox")
 BCE_EPSILON = 1e-5  # inside both logarithms, as TLT
+# scaled_l1: the smallest width or height an error is divided by, in bbox-scale units (about 9 pixels at
+# TLT's bbox scale 35): a degenerate box must not take over the loss
+MIN_SCALED_EXTENT = 0.25
 
 
 def _cross_entropy(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of probabilities ``p`` against (soft) targets, per element, epsilon as TLT."""
     return -(target * torch.log(p + BCE_EPSILON) + (1 - target) * torch.log(1 - p + BCE_EPSILON))
+
+
+def _box_extents(target: torch.Tensor) -> torch.Tensor:
+    """``[B, C, 4, H, W]`` L T R B targets (distances from the cell to the edges) -> each edge's box extent,
+    width for L and R, height for T and B, at least ``MIN_SCALED_EXTENT``."""
+    width = (target[:, :, 0] + target[:, :, 2]).clamp(min=MIN_SCALED_EXTENT)
+    height = (target[:, :, 1] + target[:, :, 3]).clamp(min=MIN_SCALED_EXTENT)
+    return torch.stack([width, height, width, height], dim=2)
 
 
 class DetectNetCost(nn.Module):
@@ -47,6 +60,7 @@ class DetectNetCost(nn.Module):
         self.register_buffer("epoch_cost_sum", torch.zeros(len(per), len(OBJECTIVES)))
         self.autoweighting = cfg.enable_autoweighting
         self.min_weight, self.max_weight = cfg.min_objective_weight, cfg.max_objective_weight
+        self.scaled_bbox = cfg.bbox_loss is BboxLoss.scaled_l1
 
     def forward(self, cov: torch.Tensor, bbox: torch.Tensor, t: Targets) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the total cost and the per-class, per-objective costs ``[C, 2]`` (cov, bbox)."""
@@ -57,6 +71,8 @@ class DetectNetCost(nn.Module):
         cell_weight = torch.where(fg, wfg, 1.0 - wfg)
         cov_cost = (cell_weight * _cross_entropy(p, t.cov) * t.mask).mean(dim=(0, 2, 3))  # [C]
         diff = (bbox.float() - t.bbox).abs().view(b, c, 4, h, w)
+        if self.scaled_bbox:
+            diff = diff / _box_extents(t.bbox.view(b, c, 4, h, w))
         bbox_cost = (diff * (t.bbox_weight * t.mask)[:, :, None]).mean(dim=(0, 2, 3, 4))  # [C]
         costs = torch.stack([cov_cost, bbox_cost], dim=1)  # [C, 2]
         if self.training:
