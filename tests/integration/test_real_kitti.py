@@ -148,5 +148,6 @@ def test_pretrain_on_kitti_like_scenes_then_finetune_on_real_frames(converted, t
     assert r.returncode == 0, r.stderr[-3000:]
     log = (tmp_path / "fine" / "train.log").read_text()
     assert "tensors loaded" in log, log[-3000:]  # strict loading: every tensor of the model, or an error
+    assert "starting from random weights" not in log
     losses = [v for k, v in json.loads((tmp_path / "fine" / "metrics.json").read_text()).items() if "loss" in k]
     assert losses and all(np.isfinite(losses))

@@ -288,6 +288,7 @@ def test_the_terminal_shows_our_lines_and_the_log_file_everything(cli, tiny_root
         assert noise not in shown, noise
     assert "GPU available" in log and "validation_step" in log  # Lightning's notices and warnings, in the file
     assert "model: ResNet-10 DetectNet_v2, 3 classes" in shown and "final val/mAP" in shown
+    assert "starting from random weights" in shown  # no model.pretrained_model_file: said, not silent
 
 
 class StepWeights(pl.Callback):
