@@ -73,10 +73,14 @@ def imagenet_file(depth: int) -> Path:
 
 def starting_weights(model: ModelConfig) -> Path | None:
     """The file a training run starts from: ``model.pretrained_model_file``, torchvision's ImageNet weights for
-    ``model.pretrained=imagenet``, or none."""
+    ``model.pretrained=imagenet``, or none (said in the log: a fine-tune from random weights is rarely meant)."""
     if model.pretrained_model_file:
         return Path(model.pretrained_model_file)
-    return imagenet_file(model.num_layers) if model.pretrained == "imagenet" else None
+    if model.pretrained == "imagenet":
+        return imagenet_file(model.num_layers)
+    if not model.pruned_checkpoint:  # a pruned model's retraining starts from its own weights
+        log.info("starting from random weights (neither model.pretrained_model_file nor model.pretrained=imagenet)")
+    return None
 
 
 @dataclass

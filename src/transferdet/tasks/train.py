@@ -38,8 +38,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     pl.seed_everything(t.random_seed, workers=True, verbose=False)
     ckpt = resume_path(t.resume, run_dir)
     start = None if ckpt else starting_weights(m)  # a download or a missing file shows before anything else
-    if not (ckpt or start or m.pruned_checkpoint):
-        log.info("starting from random weights (neither model.pretrained_model_file nor model.pretrained=imagenet)")
     converted = ensure_converted(typed(cfg, "dataset"))
     dm = DetectionDataModule(
         converted,
