@@ -486,6 +486,11 @@ for name, overrides, fragments in [
     ("every-image-held-out", ["dataset.val_split=100"], ("dataset.val_split' has value 100", "below 100 to train")),
     ("ema-decay-of-one", ["training.ema_decay=1"], ("training.ema_decay", "a number in [0, 1)")),
     (
+        "copy-paste-occlusion-4",
+        ["augmentation.copy_paste.max_occlusion=4"],
+        ("config key 'augmentation.copy_paste.max_occlusion' has value 4", "a KITTI occlusion level 0..3"),
+    ),
+    (
         "ema-while-pruning",
         [
             "training.ema_decay=0.99",

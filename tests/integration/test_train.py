@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -122,6 +123,7 @@ def test_wandb_offline_run_holds_the_logged_metrics(cli, tiny_root, tmp_path):
         "logger.wandb.offline=true",
         "trainer.log_every_n_steps=1",
         "augmentation.debug_samples=3",
+        "augmentation.copy_paste.probability=1",
         f"hydra.run.dir={run}",
         env={"WANDB_SILENT": "true", "WANDB_API_KEY": "", "WANDB_MODE": "offline"},
     )
@@ -138,6 +140,8 @@ def test_wandb_offline_run_holds_the_logged_metrics(cli, tiny_root, tmp_path):
         "sample_002.png",
     ]
     assert list((run / "val_images").glob("epoch_*.png"))
+    # augmentation.copy_paste: the bank of whole objects is built once, from the training images
+    assert re.search(r"copy-paste: [1-9]\d* objects from [1-9]\d* training images", (run / "train.log").read_text())
     # 1 epoch with checkpoint_interval 5: last.ckpt still holds the final state
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
 

@@ -135,12 +135,26 @@ class ColorAugmentationConfig:
 
 
 @dataclass
+class CopyPasteConfig:
+    """Training-only, not in TLT: objects of other training images pasted at their own place in the frame
+    (data/copy_paste.py). The bank holds whole objects: occlusion, truncation and height (source pixels) limits."""
+
+    probability: float = 0.0  # of pasting into a training image; 0 = off
+    max_objects: int = 8  # paste attempts per image (those that would cover a labelled box are skipped)
+    max_occlusion: int = 0
+    max_truncation: float = 0.15
+    min_height: float = 10.0
+    bank_size: int = 2000  # at most this many objects, decoded once when training starts
+
+
+@dataclass
 class AugmentationConfig:
-    """TLT ``augmentation_config``: preprocessing, spatial and colour augmentation."""
+    """TLT ``augmentation_config``: preprocessing, spatial and colour augmentation (and copy-paste, not in TLT)."""
 
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     spatial_augmentation: SpatialAugmentationConfig = field(default_factory=SpatialAugmentationConfig)
     color_augmentation: ColorAugmentationConfig = field(default_factory=ColorAugmentationConfig)
+    copy_paste: CopyPasteConfig = field(default_factory=CopyPasteConfig)
     debug_samples: int = 0  # write this many augmented samples with boxes drawn (PNG) to the run directory
 
 

@@ -149,6 +149,18 @@ def validate_augmentation(a: S.AugmentationConfig) -> None:
     _in_range("augmentation.color_augmentation.contrast_scale_max", c.contrast_scale_max, 0, 1)
     _in_range("augmentation.color_augmentation.contrast_center", c.contrast_center, 0, 1)
     _in_range("augmentation.color_augmentation.color_shift_stddev", c.color_shift_stddev, 0, 1)
+    cp = a.copy_paste
+    _in_range("augmentation.copy_paste.probability", cp.probability, 0, 1)
+    _require(cp.max_objects >= 0, "augmentation.copy_paste.max_objects", cp.max_objects, "an integer >= 0")
+    _require(
+        cp.max_occlusion in (0, 1, 2, 3),
+        "augmentation.copy_paste.max_occlusion",
+        cp.max_occlusion,
+        "a KITTI occlusion level 0..3",
+    )
+    _in_range("augmentation.copy_paste.max_truncation", cp.max_truncation, 0, 1)
+    _in_range("augmentation.copy_paste.min_height", cp.min_height, 0, 1e6)
+    _require(cp.bank_size >= 1, "augmentation.copy_paste.bank_size", cp.bank_size, "an integer >= 1")
     _require(a.debug_samples >= 0, "augmentation.debug_samples", a.debug_samples, "an integer >= 0")
 
 

@@ -11,15 +11,19 @@ import torch
 from transferdet.config.schema import AugmentationConfig, PreprocessingConfig
 from transferdet.data.augment import Augmenter
 from transferdet.data.converted import ConvertedDataset, SplitIndex
+from transferdet.data.copy_paste import ObjectBank
 from transferdet.data.images import load_rgb
 from transferdet.structures import GroundTruth
 
+PASTE_STREAM = 1  # the copy-paste draws' generator: seeded by (seed, epoch, index, this)
+
 
 class DetectionDataset(torch.utils.data.Dataset):
-    """Samples of one split: the augmented/preprocessed image and its boxes in canvas pixels."""
+    """Samples of one split: the augmented/preprocessed image and its boxes in canvas pixels (objects of the
+    ``bank`` pasted in first, where there is one)."""
 
-    def __init__(self, index: SplitIndex, augmenter: Augmenter) -> None:
-        self.index, self.augmenter = index, augmenter
+    def __init__(self, index: SplitIndex, augmenter: Augmenter, bank: ObjectBank | None = None) -> None:
+        self.index, self.augmenter, self.bank = index, augmenter, bank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -31,15 +35,19 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         s = self.index[i]
-        is_object = s.class_ids >= 0
-        out = self.augmenter(load_rgb(s.image_path), s.boxes, is_object, i, self.epoch)
+        image, boxes = load_rgb(s.image_path), s.boxes
+        labels = {"class_ids": s.class_ids, "truncated": s.truncated, "occluded": s.occluded}
+        if self.bank is not None:  # its own random stream: the other augmentation draws stay as without it
+            rng = np.random.default_rng([self.augmenter.seed, self.epoch, i, PASTE_STREAM])
+            image, boxes, labels = self.bank.paste(image, boxes, labels, rng)
+        out = self.augmenter(image, boxes, labels["class_ids"] >= 0, i, self.epoch)
         keep = out.keep.numpy()
         return {
             "image": out.image,
             "boxes": out.boxes,
-            "classes": torch.from_numpy(s.class_ids[keep].astype(np.int64)),
-            "truncated": torch.from_numpy(s.truncated[keep].astype(np.float32)),
-            "occluded": torch.from_numpy(s.occluded[keep].astype(np.int64)),
+            "classes": torch.from_numpy(labels["class_ids"][keep].astype(np.int64)),
+            "truncated": torch.from_numpy(labels["truncated"][keep].astype(np.float32)),
+            "occluded": torch.from_numpy(labels["occluded"][keep].astype(np.int64)),
             "index": i,
         }
 

@@ -12,6 +12,7 @@ from typing_extensions import override
 from transferdet.config.schema import AugmentationConfig
 from transferdet.data.augment import Augmenter
 from transferdet.data.converted import ConvertedDataset
+from transferdet.data.copy_paste import ObjectBank
 from transferdet.data.loader import DetectionDataset, collate
 
 
@@ -23,8 +24,8 @@ class _SharedEpoch:
 
 
 class EpochDataset(DetectionDataset):
-    def __init__(self, index, augmenter, epoch: _SharedEpoch) -> None:
-        super().__init__(index, augmenter)
+    def __init__(self, index, augmenter, epoch: _SharedEpoch, bank: ObjectBank | None = None) -> None:
+        super().__init__(index, augmenter, bank)
         self._shared = epoch
 
     def __getitem__(self, i: int) -> dict:
@@ -57,9 +58,11 @@ class DetectionDataModule(pl.LightningDataModule):
             return
         data = ConvertedDataset(self.converted_dir)
         self.classes = data.classes
-        self.train_set = EpochDataset(
-            data.split("train"), Augmenter(self.augmentation, train=True, seed=self.seed), self._epoch
-        )
+        train = data.split("train")
+        paste = self.augmentation.copy_paste
+        bank = ObjectBank(train, paste, self.seed) if paste.probability > 0 and paste.max_objects > 0 else None
+        augmenter = Augmenter(self.augmentation, train=True, seed=self.seed)
+        self.train_set = EpochDataset(train, augmenter, self._epoch, bank)
         self.val_set = DetectionDataset(data.split("val"), Augmenter(self.augmentation, train=False, seed=self.seed))
 
     def set_epoch(self, epoch: int) -> None:
