@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from transferdet.boxes import intersections
 from transferdet.config.schema import CopyPasteConfig
 from transferdet.data.converted import SplitIndex
 from transferdet.data.images import load_rgb
@@ -93,9 +94,6 @@ class ObjectBank:
             int(s.occluded[j]),
         )
 
-    def __len__(self) -> int:
-        return len(self.objects)
-
     def paste(
         self, image: np.ndarray, boxes: np.ndarray, labels: dict[str, np.ndarray], rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -105,7 +103,8 @@ class ObjectBank:
         if not self.objects or rng.random() >= self.cfg.probability:
             return image, boxes, labels
         h, w = image.shape[:2]
-        taken = list(np.asarray(boxes, np.float32).reshape(-1, 4))
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        taken = boxes  # the boxes a paste may not cover: the target's, then each paste's cut
         added = []  # (box, the object) of each paste
         out = None
         for _ in range(self.cfg.max_objects):
@@ -118,7 +117,7 @@ class ObjectBank:
             if ox < 0 or oy < 0 or ox + pw > w or oy + ph > h:
                 continue
             cut = np.array([ox, oy, ox + pw, oy + ph], np.float32)
-            if any(_intersect(cut, b) for b in taken):
+            if (intersections(cut[None], taken) > 0).any():
                 continue
             pixels, alpha = (obj.pixels[:, ::-1], obj.alpha[:, ::-1]) if mirror else (obj.pixels, obj.alpha)
             if out is None:
@@ -128,17 +127,13 @@ class ObjectBank:
             box = obj.box.copy()
             if mirror:
                 box[[0, 2]] = w - obj.box[[2, 0]]
-            taken.append(cut)
+            taken = np.concatenate([taken, cut[None]])
             added.append((box, obj))
         if not added:
             return image, boxes, labels
-        new_boxes = np.concatenate([np.asarray(boxes, np.float32).reshape(-1, 4), np.stack([b for b, _ in added])])
+        new_boxes = np.concatenate([boxes, np.stack([b for b, _ in added])])
         new_labels = {
             key: np.concatenate([labels[key], [getattr(obj, attr) for _, obj in added]]).astype(labels[key].dtype)
             for key, attr in (("class_ids", "class_id"), ("truncated", "truncated"), ("occluded", "occluded"))
         }
         return out, new_boxes, new_labels
-
-
-def _intersect(a: np.ndarray, b: np.ndarray) -> bool:
-    return bool(min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1]))
