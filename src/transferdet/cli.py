@@ -30,6 +30,7 @@ from transferdet.config.structured import config_error
 from transferdet.config.tasks import runs_trained_models
 from transferdet.errors import ConfigError, TransferdetError
 from transferdet.tasks import TASKS, Task, run_task
+from transferdet.utils.io import WRITE_ERRNOS
 from transferdet.utils.logs import capture_warnings
 
 log = logging.getLogger("transferdet")
@@ -156,9 +157,7 @@ def _asked(key: str) -> str | None:
 def _check_output_dir(task_name: str, args: list[str]) -> None:
     """Hydra creates the run directory before any task code runs: check that it can, so a path under a
     file or in a read-only place is one clear line instead of Hydra's traceback."""
-    multirun = "-m" in args or "--multirun" in args
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    value = next((a.split("=", 1)[1] for a in reversed(args) if a.startswith(f"{key}=")), "outputs")
+    key, value = _output_dir_arg(args)
     fixed = Path(value.split("$", 1)[0] or ".")  # the part before any ${...} interpolation
     probe = fixed if fixed.is_absolute() else Path.cwd() / fixed
     while not probe.exists() and probe != probe.parent:
@@ -170,6 +169,13 @@ def _check_output_dir(task_name: str, args: list[str]) -> None:
         problem = f"{probe} is not writable"
     if problem:
         fail(task_name, str(ConfigError(key, value, f"a folder that can be created and written ({problem})")))
+
+
+def _output_dir_arg(args: list[str]) -> tuple[str, str]:
+    """The config key of the run (or sweep) directory and its value on the command line (else ``outputs``)."""
+    multirun = "-m" in args or "--multirun" in args
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    return key, next((a.split("=", 1)[1] for a in reversed(args) if a.startswith(f"{key}=")), "outputs")
 
 
 # Hydra's options that take a value (the value is not an override)
@@ -247,6 +253,15 @@ def main(argv: list[str] | None = None) -> None:
         if show_tracebacks():
             raise
         fail(task_name, hydra_error(err, task_name))
+    except OSError as err:
+        # our own writes report their file; what reaches here is Hydra writing the run directory's .hydra/ files
+        if err.errno not in WRITE_ERRNOS or show_tracebacks():
+            raise
+        fail(
+            task_name,
+            f"the run directory {_output_dir_arg(rest)[1]} cannot be written: {err.strerror} (is the disk full, "
+            "or a file size limit set?); the task did not start",
+        )
 
 
 if __name__ == "__main__":

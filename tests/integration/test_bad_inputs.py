@@ -1283,9 +1283,19 @@ def _one_line(r, task: str, *fragments: str) -> None:
 
 def test_disk_full_while_writing_a_dataset(tmp_path):
     root = tmp_path / "ds"
-    r = _run_limited(["synth", f"dataset.root={root}", "synth.num_images=3", f"hydra.run.dir={tmp_path / 'run'}"], 4000)
+    # 20 kB: room for Hydra's files of the run (about 5 kB, more with a long path), not for a 384x128 image
+    r = _run_limited(
+        ["synth", f"dataset.root={root}", "synth.num_images=3", f"hydra.run.dir={tmp_path / 'run'}"], 20_000
+    )
     assert r.returncode == 2 and not root.exists()  # no half-written dataset under the dataset's name
     _one_line(r, "synth", "cannot be written", "File too large", "nothing was left under this name")
+
+
+def test_disk_full_before_the_task_starts(tmp_path):
+    root, run = tmp_path / "ds", tmp_path / "run"
+    r = _run_limited(["synth", f"dataset.root={root}", "synth.num_images=3", f"hydra.run.dir={run}"], 500)
+    assert r.returncode == 2 and not root.exists()
+    _one_line(r, "synth", f"the run directory {run} cannot be written", "File too large", "the task did not start")
 
 
 def test_disk_full_while_writing_a_checkpoint(tmp_path, trained):
