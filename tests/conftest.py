@@ -132,13 +132,22 @@ def write_png16(path: Path, pixels: np.ndarray) -> Path:
     return path
 
 
+_CLI_CWD: list[Path] = []  # the session's working directory for CLI runs (the fixture below)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cli_runs_outside_the_checkout(tmp_path_factory):
+    """A CLI run that names no run directory writes ``outputs/`` under a temporary folder, not the checkout's."""
+    _CLI_CWD.append(tmp_path_factory.mktemp("cwd"))
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> CliResult:
-    """Run ``transferdet ARGS`` in a subprocess, as a user would."""
+    """Run ``transferdet ARGS`` in a subprocess, as a user would (in ``cwd``, else the session's own folder)."""
     full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
     proc = subprocess.run(
         [sys.executable, "-m", "transferdet", *args],
-        cwd=cwd,
+        cwd=cwd or (_CLI_CWD[0] if _CLI_CWD else None),
         env=full_env,
         capture_output=True,
         text=True,
