@@ -71,11 +71,17 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+# set once Hydra has written the run directory's own files and hands over to the task
+_task_started = False
+
+
 def _hydra_entry(task_name: str):
     register_configs()
 
     @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name=task_name)
     def _main(cfg: DictConfig) -> float | None:
+        global _task_started
+        _task_started = True
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
             metrics = run_task(task_name, cfg, run_dir)
@@ -254,8 +260,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         fail(task_name, hydra_error(err, task_name))
     except OSError as err:
-        # our own writes report their file; what reaches here is Hydra writing the run directory's .hydra/ files
-        if err.errno not in WRITE_ERRNOS or show_tracebacks():
+        # Hydra writing the run directory's .hydra/ files before the task; the task's own writes report their file
+        if err.errno not in WRITE_ERRNOS or _task_started or show_tracebacks():
             raise
         fail(
             task_name,
