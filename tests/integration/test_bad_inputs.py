@@ -656,6 +656,13 @@ case(
     "40 or 11",
 )
 case(
+    "interval-confidence",
+    "evaluate",
+    lambda t, a: [f"checkpoint={a['ckpt']}", "evaluation.interval_confidence=90"],
+    "config key 'evaluation.interval_confidence' has value 90",
+    "between 0 and 1",
+)
+case(
     "negative-candidate-bound",
     "infer",
     lambda t, a: [

@@ -60,10 +60,14 @@ def test_infer_on_a_folder_reproduces_evaluate(trained, tmp_path, cli):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     from_files = json.loads((tmp_path / "ev_files" / "metrics.json").read_text())
-    for key in ("mAP", "AP/car", "AP/pedestrian", "AP/cyclist", "mAP_moderate", "AP50_coco"):
+    keys = ("mAP", "AP/car", "AP/pedestrian", "AP/cyclist", "mAP_moderate", "AP50_coco", "mAP_interval_low")
+    for key in (*keys, "mAP_interval_high", "AP_interval_low/car", "AP_interval_high/car"):
         a, b = direct[key], from_files[key]
         assert (a is None and b is None) or abs(a - b) < 1e-6, key
     assert 0 <= direct["mAP"] <= 1 and direct["num_images"] == len(labels)
+    # the bootstrap interval over the images, on the terminal too
+    assert direct["mAP_interval_low"] <= direct["mAP_interval_high"] and direct["interval_confidence"] == 0.9
+    assert "AP 90% intervals over the images: car" in r.stderr
 
 
 def test_evaluate_scores_a_whole_folder_with_val_split_100(trained, tmp_path, cli):

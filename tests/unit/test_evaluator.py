@@ -177,12 +177,11 @@ def textbook_voc_ap(gts, dets, cls, threshold, mode):
     return area
 
 
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("mode", ["SAMPLE", "INTEGRATE"])
-def test_agrees_with_textbook_voc_on_random_sets(seed, mode):
-    rng = np.random.default_rng(seed)
+def random_set(rng: np.random.Generator, images: int = 25, decimals: int | None = 2):
+    """Ground truth and detections of ``images`` images: jittered copies of most objects, a duplicate and
+    random boxes, with random scores (rounded to ``decimals``: ties happen)."""
     gts, dets = [], []
-    for _ in range(25):
+    for _ in range(images):
         n = rng.integers(0, 6)
         xy = rng.uniform(0, 300, (n, 2))
         wh = rng.uniform(8, 80, (n, 2))
@@ -200,11 +199,65 @@ def test_agrees_with_textbook_voc_on_random_sets(seed, mode):
         dup = near[:1] + 2 if len(near) else np.zeros((0, 4))
         all_boxes = np.concatenate([near, rand, dup])
         all_cls = np.concatenate([near_cls, rng.integers(0, 2, m), near_cls[:1]])
-        dets.append(Detections(all_boxes, all_cls, np.round(rng.random(len(all_boxes)), 2)))  # ties happen
+        scores = rng.random(len(all_boxes))
+        dets.append(Detections(all_boxes, all_cls, scores if decimals is None else np.round(scores, decimals)))
+    return gts, dets
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("mode", ["SAMPLE", "INTEGRATE"])
+def test_agrees_with_textbook_voc_on_random_sets(seed, mode):
+    gts, dets = random_set(np.random.default_rng(seed))
     r = Evaluator(CLASSES, config(mode)).evaluate(gts, dets)
     for k, cls in enumerate(CLASSES):
         expected = textbook_voc_ap(gts, dets, k, {"car": 0.7, "pedestrian": 0.5}[cls], mode)
         assert abs(r.ap(cls) - expected) < 1e-6
+
+
+@pytest.mark.parametrize("mode", ["SAMPLE", "INTEGRATE"])
+def test_a_bootstrap_resample_scores_as_its_drawn_images_do(mode):
+    """The intervals' fast path (each image's matches counted as often as it is drawn) against evaluating the
+    drawn images themselves, an image drawn twice given twice."""
+    rng = np.random.default_rng(7)
+    gts, dets = random_set(rng, decimals=None)  # distinct scores: the two rankings are the same
+    evaluator = Evaluator(CLASSES, config(mode))
+    matches = evaluator.match(gts, dets)["all"]
+    for _ in range(20):
+        weights = rng.multinomial(len(gts), np.full(len(gts), 1 / len(gts)))
+        drawn = np.repeat(np.arange(len(gts)), weights)
+        direct = evaluator.evaluate([gts[i] for i in drawn], [dets[i] for i in drawn])
+        for cls in CLASSES:
+            fast = matches[cls].curve(AveragePrecisionMode[mode], weights)
+            assert fast.num_gt == direct.curves["all"][cls].num_gt
+            assert fast.ap == pytest.approx(direct.ap(cls), abs=1e-12, nan_ok=True)
+
+
+def test_intervals_hold_the_figure_and_narrow_with_more_images():
+    gts, dets = random_set(np.random.default_rng(3), images=30, decimals=None)
+    evaluator = Evaluator(CLASSES, config(bootstrap_resamples=500))
+    r = evaluator.evaluate(gts, dets, intervals=True)
+    assert set(r.intervals) == {*CLASSES, ""} and r.interval_confidence == 0.9
+    widths = {}
+    for cls in CLASSES:
+        low, high = r.intervals[cls]
+        assert 0 <= low < r.ap(cls) < high <= 1
+        widths[cls] = high - low
+    m = r.metrics()
+    assert m["AP_interval_low/car"] == r.intervals["car"][0] and m["mAP_interval_high"] == r.intervals[""][1]
+    # the same images four times over: the same AP, an interval about half as wide (the width goes as 1/sqrt(n))
+    r4 = evaluator.evaluate(gts * 4, dets * 4, intervals=True)
+    for cls in CLASSES:
+        assert r4.ap(cls) == pytest.approx(r.ap(cls))
+        low, high = r4.intervals[cls]
+        assert 0.3 < (high - low) / widths[cls] < 0.7
+    # perfect detections leave nothing to doubt; off by default, and with bootstrap_resamples=0
+    perfect = Evaluator(CLASSES, config(bootstrap_resamples=200)).evaluate(
+        [gt(*CARS)], [det(*[(*c[:4], 0, 0.9) for c in CARS])], intervals=True
+    )
+    assert perfect.intervals["car"] == (1.0, 1.0) and math.isnan(perfect.intervals["pedestrian"][0])
+    assert not evaluator.evaluate(gts, dets).intervals
+    assert not Evaluator(CLASSES, config(bootstrap_resamples=0)).evaluate(gts, dets, intervals=True).intervals
+    assert "AP_interval_low/car" not in Evaluator(CLASSES, config()).evaluate(gts, dets).metrics()
 
 
 def test_coco_map_of_perfect_detections_is_1_and_dontcare_is_crowd():

@@ -301,6 +301,8 @@ class EvaluationConfig:
     protocol: EvaluationProtocol = EvaluationProtocol.voc
     kitti_recall_points: int = 40  # KITTI protocol: 40 (the devkit since 2019) or 11 (older papers)
     batch_size: int = 16
+    bootstrap_resamples: int = 1000  # the evaluate task's AP intervals over the images; 0: none
+    interval_confidence: float = 0.9
 
 
 # --------------------------------------------------------------------------- rasterizer

@@ -255,6 +255,9 @@ def validate_evaluation(e: S.EvaluationConfig) -> None:
         e.first_validation_epoch >= 0, "evaluation.first_validation_epoch", e.first_validation_epoch, "an integer >= 0"
     )
     positive_int("evaluation.batch_size", e.batch_size)
+    n, conf = e.bootstrap_resamples, e.interval_confidence
+    _require(n >= 0, "evaluation.bootstrap_resamples", n, "an integer >= 0 (0: no AP intervals)")
+    _require(0 < conf < 1, "evaluation.interval_confidence", conf, "a number between 0 and 1, e.g. 0.9")
 
 
 def validate_rasterizer(r: S.RasterizerConfig) -> None:

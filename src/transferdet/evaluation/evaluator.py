@@ -19,13 +19,14 @@ in metrics.json) and is left out of the mean.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from transferdet.boxes import fraction_inside, iou_matrix
-from transferdet.config.schema import EvaluationConfig
+from transferdet.config.schema import AveragePrecisionMode, EvaluationConfig
 from transferdet.evaluation.ap import average_precision, precision_recall
 from transferdet.structures import Detections, GroundTruth
 
@@ -81,11 +82,43 @@ class Curve:
 
 
 @dataclass
+class Matches:
+    """The counted detections of one class at one level, ranked by confidence (ties in image order): the image of
+    each, whether it is a true positive and its confidence; and the ground truth that counts in each image."""
+
+    image: np.ndarray  # [K] int
+    is_tp: np.ndarray  # [K] bool
+    scores: np.ndarray  # [K]
+    num_gt: np.ndarray  # [N] int, per image
+
+    @staticmethod
+    def of(images: list[np.ndarray], flags: list[np.ndarray], scores: list[np.ndarray], num_gt: np.ndarray) -> Matches:
+        """From each image's arrays, in image order."""
+        if not flags:
+            return Matches(np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0), num_gt)
+        sc = np.concatenate(scores)
+        order = np.argsort(-sc, kind="stable")
+        return Matches(np.concatenate(images)[order], np.concatenate(flags)[order], sc[order], num_gt)
+
+    def curve(self, mode: AveragePrecisionMode, weights: np.ndarray | None = None) -> Curve:
+        """The ranked curve and its AP; with ``weights`` (how many times each image counts) a resample's."""
+        if weights is None:
+            is_tp, scores, n = self.is_tp, self.scores, int(self.num_gt.sum())
+        else:
+            times = weights[self.image]
+            is_tp, scores, n = np.repeat(self.is_tp, times), np.repeat(self.scores, times), int(weights @ self.num_gt)
+        return Curve(average_precision(is_tp, n, mode), n, is_tp, scores)
+
+
+@dataclass
 class EvaluationResult:
     classes: list[str]
     levels: list[str]
     curves: dict[str, dict[str, Curve]]  # level -> class -> curve
     extra: dict[str, float] = field(default_factory=dict)  # e.g. COCO mAP
+    # bootstrap intervals of AP over the images: class (the mean: "") -> (low, high), and their confidence
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    interval_confidence: float = 0.0
 
     def ap(self, cls: str, level: str = "all") -> float:
         """AP of ``cls`` at ``level`` (NaN without ground truth)."""
@@ -106,6 +139,11 @@ class EvaluationResult:
                 out[f"{prefix}AP{suffix}/{cls}"] = self.ap(cls, level)
         for cls in self.classes:
             out[f"{prefix}num_gt/{cls}"] = self.curves["all"][cls].num_gt
+        for cls, (low, high) in self.intervals.items():
+            stem, tail = ("mAP_interval", "") if cls == "" else ("AP_interval", f"/{cls}")
+            out[f"{prefix}{stem}_low{tail}"], out[f"{prefix}{stem}_high{tail}"] = low, high
+        if self.intervals:
+            out[f"{prefix}interval_confidence"] = self.interval_confidence
         out.update({f"{prefix}{k}": v for k, v in self.extra.items()})
         return out
 
@@ -147,17 +185,46 @@ class Evaluator:
             return 0.0, math.inf, 0.0, math.inf
         return box.minimum_height, box.maximum_height, box.minimum_width, box.maximum_width
 
-    def evaluate(self, gts: Sequence[GroundTruth], dets: Sequence[Detections]) -> EvaluationResult:
-        """Score the detections of every image against its ground truth."""
+    def evaluate(
+        self, gts: Sequence[GroundTruth], dets: Sequence[Detections], *, intervals: bool = False
+    ) -> EvaluationResult:
+        """Score the detections of every image against its ground truth; with ``intervals``, AP's bootstrap
+        intervals too (``evaluation.bootstrap_resamples``; none when 0)."""
+        matches = self.match(gts, dets)
+        mode = self.cfg.average_precision_mode
+        curves = {lv: {cls: m.curve(mode) for cls, m in by_class.items()} for lv, by_class in matches.items()}
+        result = EvaluationResult(self.classes, [lv.name for lv in self.levels], curves)
+        if intervals and self.cfg.bootstrap_resamples > 0 and len(gts) > 0:
+            result.intervals = self._intervals(matches[ALL.name], len(gts))
+            result.interval_confidence = self.cfg.interval_confidence
+        return result
+
+    def _intervals(self, matches: dict[str, Matches], num_images: int, seed: int = 0) -> dict[str, tuple[float, float]]:
+        """Percentile bootstrap intervals of each class's AP (and of the mean, key ``""``) over the images: the
+        images drawn with replacement, the detections of an image drawn twice counted twice. A few validation
+        images make a wide interval; its width is how far the figure can be trusted."""
+        resamples, confidence = self.cfg.bootstrap_resamples, self.cfg.interval_confidence
+        weights = np.random.default_rng(seed).multinomial(num_images, np.full(num_images, 1 / num_images), resamples)
+        mode = self.cfg.average_precision_mode
+        aps = np.array([[matches[c].curve(mode, w).ap for c in self.classes] for w in weights])  # [resamples, C]
+        lo, hi = 50 * (1 - confidence), 50 * (1 + confidence)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a class (or every class) without ground truth: NaN
+            columns = {cls: aps[:, k] for k, cls in enumerate(self.classes)} | {"": np.nanmean(aps, axis=1)}
+            return {k: (float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))) for k, v in columns.items()}
+
+    def match(self, gts: Sequence[GroundTruth], dets: Sequence[Detections]) -> dict[str, dict[str, Matches]]:
+        """Every image matched on its own (steps 1 and 2), per level and class."""
         if len(gts) != len(dets):
             raise ValueError(f"{len(gts)} ground-truth images but {len(dets)} detection images")
         inclusive = self.cfg.pixel_inclusive_iou
-        # per level, per class: flags and scores of each image, concatenated in image order
+        # per level, per class: image index, flags and scores of each image's counted detections, in image order
+        images = {lv.name: {c: [] for c in self.classes} for lv in self.levels}
         flags = {lv.name: {c: [] for c in self.classes} for lv in self.levels}
         scores = {lv.name: {c: [] for c in self.classes} for lv in self.levels}
-        num_gt = {lv.name: dict.fromkeys(self.classes, 0) for lv in self.levels}
+        num_gt = {lv.name: {c: np.zeros(len(gts), np.int64) for c in self.classes} for lv in self.levels}
         ranges = [self._size_range(c) for c in self.classes]
-        for gt, det in zip(gts, dets):
+        for i, (gt, det) in enumerate(zip(gts, dets)):
             dontcare = gt.boxes[gt.class_ids < 0]
             for k, cls in enumerate(self.classes):
                 hmin, hmax, wmin, wmax = ranges[k]
@@ -187,22 +254,19 @@ class Evaluator:
                 for lv in self.levels:
                     valid = lv.gt_valid(g_h, occ, trunc)
                     keep = lv.det_keep(d_h)
-                    num_gt[lv.name][cls] += int(valid.sum())
+                    num_gt[lv.name][cls][i] = int(valid.sum())
                     if not keep.any():
                         continue
                     f = match_image(iou[keep], valid, threshold, in_dc[keep])
                     counted = f != IGNORED
                     flags[lv.name][cls].append(f[counted] == TP)
+                    images[lv.name][cls].append(np.full(int(counted.sum()), i))
                     scores[lv.name][cls].append(s[keep][counted])
 
-        curves: dict[str, dict[str, Curve]] = {}
-        for lv in self.levels:
-            curves[lv.name] = {}
-            for cls in self.classes:
-                f = np.concatenate(flags[lv.name][cls]) if flags[lv.name][cls] else np.zeros(0, bool)
-                sc = np.concatenate(scores[lv.name][cls]) if scores[lv.name][cls] else np.zeros(0)
-                order = np.argsort(-sc, kind="stable")
-                is_tp, sc = f[order], sc[order]
-                n = num_gt[lv.name][cls]
-                curves[lv.name][cls] = Curve(average_precision(is_tp, n, self.cfg.average_precision_mode), n, is_tp, sc)
-        return EvaluationResult(self.classes, [lv.name for lv in self.levels], curves)
+        return {
+            lv.name: {
+                cls: Matches.of(images[lv.name][cls], flags[lv.name][cls], scores[lv.name][cls], num_gt[lv.name][cls])
+                for cls in self.classes
+            }
+            for lv in self.levels
+        }

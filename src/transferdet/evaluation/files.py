@@ -106,7 +106,7 @@ def evaluate_files(
 ) -> tuple[list[GroundTruth], list[Detections], EvaluationResult]:
     """Prediction files scored against label files (and with ``evaluation.protocol=kitti`` by KITTI's rules)."""
     gts, dets = read_prediction_files(predictions, labels, mapping, classes)
-    result = Evaluator(classes, cfg).evaluate(gts, dets)
+    result = Evaluator(classes, cfg).evaluate(gts, dets, intervals=True)
     if cfg.protocol is EvaluationProtocol.kitti:
         truths = [Truth.read(p) for p in find_files(labels, ".txt").values()]  # the order of read_prediction_files
         result.extra.update(kitti_metrics(truths, dets, classes, cfg.kitti_recall_points))

@@ -43,10 +43,11 @@ def evaluate_batches(
     *,
     samples: int = 0,
     progress: Any = None,
+    intervals: bool = False,
 ) -> Evaluation:
     """Run ``outputs`` and ``postprocessor`` over ``batches`` and score the detections; keep the first
     ``samples`` images (with their detections and ground truth) for pictures. ``progress`` wraps the batches
-    (e.g. a tqdm factory)."""
+    (e.g. a tqdm factory); ``intervals``: AP's bootstrap intervals too."""
     gts: list[GroundTruth] = []
     dets: list[Detections] = []
     kept: list[tuple[torch.Tensor, Detections, GroundTruth]] = []
@@ -57,4 +58,4 @@ def evaluate_batches(
         gts.extend(truth)
         if len(kept) < samples:
             kept.extend(zip(batch.images[: samples - len(kept)].cpu(), found, truth))
-    return Evaluation(evaluator.evaluate(gts, dets), gts, dets, kept)
+    return Evaluation(evaluator.evaluate(gts, dets, intervals=intervals), gts, dets, kept)

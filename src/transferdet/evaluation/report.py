@@ -16,6 +16,10 @@ def _pct(v: float) -> str:
     return "-" if math.isnan(v) else f"{100 * v:.2f}"
 
 
+def _span(low: float, high: float) -> str:
+    return "-" if math.isnan(low) else f"{100 * low:.1f}-{100 * high:.1f}"
+
+
 def print_table(result: EvaluationResult, title: str = "evaluation") -> None:
     """The per-class AP table (all and KITTI levels) on the terminal."""
     levels = [lv for lv in result.levels if lv in ("all", "easy", "moderate", "hard")]
@@ -31,6 +35,9 @@ def print_table(result: EvaluationResult, title: str = "evaluation") -> None:
     table.add_row("[bold]mean[/bold]", "", "", *(f"[bold]{_pct(result.mean_ap(lv))}[/bold]" for lv in levels))
     console = Console(stderr=True)
     console.print(table)
+    if result.intervals:
+        spans = [f"{cls or 'mean'} {_span(*result.intervals[cls])}" for cls in [*result.classes, ""]]
+        console.print(f"AP {100 * result.interval_confidence:g}% intervals over the images: {', '.join(spans)}")
     for name, value in result.extra.items():
         console.print(f"{name}: {_pct(value)}")
 

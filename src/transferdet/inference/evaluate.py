@@ -18,8 +18,9 @@ from transferdet.inference.predictor import Predictor
 def evaluate_predictor(
     predictor: Predictor, converted_dir: str | Path, split: str = "val", progress: bool = True
 ) -> Evaluation:
-    """Detections of ``predictor`` on ``split`` and their score, with the model's evaluation settings (and, with
-    ``evaluation.protocol=kitti``, KITTI's protocol against the split's own label files)."""
+    """Detections of ``predictor`` on ``split`` and their score, with the model's evaluation settings: AP with its
+    bootstrap interval (``evaluation.bootstrap_resamples``) and, with ``evaluation.protocol=kitti``, KITTI's protocol
+    against the split's own label files."""
     spec = predictor.spec
     dataset = ConvertedDataset(converted_dir, verify=False)
     data_classes = dataset.classes
@@ -34,7 +35,9 @@ def evaluate_predictor(
     def bar(items):
         return tqdm(items, desc="evaluate", unit="batch", disable=None if progress else True)
 
-    ev = evaluate_batches(loader, predictor.outputs, predictor.postprocessor, spec.evaluator(), progress=bar)
+    ev = evaluate_batches(
+        loader, predictor.outputs, predictor.postprocessor, spec.evaluator(), progress=bar, intervals=True
+    )
     if spec.evaluation.protocol is EvaluationProtocol.kitti:
         # the devkit's rules need the label files as they are (source classes, DontCare) and boxes in their pixels
         sizes = dataset.split(split).image_sizes

@@ -158,12 +158,21 @@ def _accuracy_section(classes: list[str], dirs: dict[str, Path], root: Path, pru
                 + " |  |"
             )
         if m:
+            low, high = m.get("mAP_interval_low"), m.get("mAP_interval_high")
+            span = f" ({100 * low:.1f}-{100 * high:.1f})" if low is not None and not math.isnan(low) else ""
             out.append(
-                f"| {label} | **{_pct(m.get('mAP'))}** | "
+                f"| {label} | **{_pct(m.get('mAP'))}**{span} | "
                 + " | ".join(_pct(m.get(f"AP/{c}")) for c in classes)
                 + f" | {_pct(m.get('mAP_coco'))} |"
             )
-    out += ["", "AP in %, VOC-style with the evaluation config's IoU thresholds.", ""]
+    out += ["", "AP in %, VOC-style with the evaluation config's IoU thresholds."]
+    confidence = next((m["interval_confidence"] for m in results.values() if m and "interval_confidence" in m), None)
+    if confidence:
+        out[-1] += (
+            f" In brackets: the {100 * confidence:g}% interval of mAP over the validation images (a bootstrap:"
+            " the images drawn with replacement); a few images make it wide."
+        )
+    out += [""]
     kitti = [c for c in classes if any(f"kitti/AP_moderate/{c}" in m for m in results.values() if m)]
     if kitti:  # evaluation.protocol=kitti: the devkit's figures, comparable with published KITTI results
         levels = ("easy", "moderate", "hard")
