@@ -102,7 +102,8 @@ def test_trainer_configs_build_a_real_trainer(option, tmp_path):
 def test_callbacks_and_loggers_instantiate(tmp_path):
     cfg = compose_task("train", ["logger=many"])
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    assert {type(c).__name__ for c in callbacks} == {"ModelCheckpoint", "LearningRateMonitor", "RichProgressBar"}
+    names = {type(c).__name__ for c in callbacks}
+    assert names == {"ModelCheckpoint", "LearningRateMonitor", "RichProgressBar", "EpochLog"}
     loggers = [instantiate(c, save_dir=str(tmp_path)) for c in cfg.logger.values()]
     assert {type(lg).__name__ for lg in loggers} == {"CSVLogger", "TensorBoardLogger"}
 

@@ -293,6 +293,10 @@ def test_the_terminal_shows_our_lines_and_the_log_file_everything(cli, tiny_root
     assert "GPU available" in log and "validation_step" in log  # Lightning's notices and warnings, in the file
     assert "model: ResNet-10 DetectNet_v2, 3 classes" in shown and "final val/mAP" in shown
     assert "starting from random weights" in shown  # no model.pretrained_model_file: said, not silent
+    # no terminal here, so no progress bar to see: a line an epoch instead, in the log file too
+    line = next(x for x in shown.splitlines() if "epoch 1/1: train/loss" in x)
+    assert re.search(r"epoch 1/1: train/loss \d+\.\d{4}, \d+s an epoch$", line), line
+    assert "epoch 1/1: train/loss" in log
 
 
 class StepWeights(pl.Callback):

@@ -19,8 +19,9 @@ from omegaconf import DictConfig
 
 from transferdet.config.validate import target_classes, typed
 from transferdet.data.converted import converted_dir_for
-from transferdet.pipeline.stages import STAGES, distill_enabled, duration, retrain_epochs
+from transferdet.pipeline.stages import STAGES, distill_enabled, retrain_epochs
 from transferdet.utils.io import write_text_atomic
+from transferdet.utils.logs import duration
 from transferdet.utils.plots import figure, save_figure
 
 log = logging.getLogger("transferdet.pipeline")

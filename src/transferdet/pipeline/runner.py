@@ -31,8 +31,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from transferdet.config.validate import validate
 from transferdet.errors import ConfigError, TransferdetError
-from transferdet.pipeline.stages import STAGES, Dirs, Stage, duration, stage_dirs, synthesize_mode
+from transferdet.pipeline.stages import STAGES, Dirs, Stage, stage_dirs, synthesize_mode
 from transferdet.utils.io import make_folder, write_json_atomic
+from transferdet.utils.logs import duration
 
 log = logging.getLogger("transferdet.pipeline")
 

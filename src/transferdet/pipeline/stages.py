@@ -180,9 +180,3 @@ STAGES: list[Stage] = [
 def stage_dirs(run_dir: Path) -> Dirs:
     """Each stage's numbered folder under the pipeline's run directory."""
     return {s.name: run_dir / f"{i:02d}_{s.name}" for i, s in enumerate(STAGES, 1)}
-
-
-def duration(seconds: float) -> str:
-    """Seconds as ``1m05s`` / ``42s``."""
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m}m{s:02d}s" if m else f"{s}s"

@@ -10,8 +10,9 @@ from omegaconf import DictConfig
 
 from transferdet.pipeline.report import write_report
 from transferdet.pipeline.runner import run_stages
-from transferdet.pipeline.stages import duration, stage_dirs
+from transferdet.pipeline.stages import stage_dirs
 from transferdet.tasks import run_task
+from transferdet.utils.logs import duration
 
 log = logging.getLogger("transferdet.pipeline")
 

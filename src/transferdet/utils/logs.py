@@ -17,3 +17,10 @@ class ConsoleFilter(logging.Filter):
 def capture_warnings() -> None:
     """Python warnings (deprecations, Lightning's hints) become log records: into the log file, off the terminal."""
     logging.captureWarnings(True)
+
+
+def duration(seconds: float) -> str:
+    """Seconds as ``1h02m05s`` / ``1m05s`` / ``42s``."""
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
