@@ -22,6 +22,7 @@ class EpochLog(pl.Callback):
     def __init__(self, always: bool = False) -> None:
         self.always = always
         self._on = False
+        self._losses: list[float] = []  # of the current epoch
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -30,7 +31,7 @@ class EpochLog(pl.Callback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._losses: list[float] = []
+        self._losses = []
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int):

@@ -16,8 +16,9 @@ def _pct(v: float) -> str:
     return "-" if math.isnan(v) else f"{100 * v:.2f}"
 
 
-def _span(low: float, high: float) -> str:
-    return "-" if math.isnan(low) else f"{100 * low:.1f}-{100 * high:.1f}"
+def interval_text(low: float | None, high: float | None) -> str:
+    """An AP interval in %, ``12.3-45.6`` (``-`` where there is none: no ground truth, or not computed)."""
+    return "-" if low is None or high is None or math.isnan(low) else f"{100 * low:.1f}-{100 * high:.1f}"
 
 
 def print_table(result: EvaluationResult, title: str = "evaluation") -> None:
@@ -36,7 +37,7 @@ def print_table(result: EvaluationResult, title: str = "evaluation") -> None:
     console = Console(stderr=True)
     console.print(table)
     if result.intervals:
-        spans = [f"{cls or 'mean'} {_span(*result.intervals[cls])}" for cls in [*result.classes, ""]]
+        spans = [f"{cls or 'mean'} {interval_text(*result.intervals[cls])}" for cls in [*result.classes, ""]]
         console.print(f"AP {100 * result.interval_confidence:g}% intervals over the images: {', '.join(spans)}")
     for name, value in result.extra.items():
         console.print(f"{name}: {_pct(value)}")

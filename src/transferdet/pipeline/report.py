@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from transferdet.config.validate import target_classes, typed
 from transferdet.data.converted import converted_dir_for
+from transferdet.evaluation.report import interval_text
 from transferdet.pipeline.stages import STAGES, distill_enabled, retrain_epochs
 from transferdet.utils.io import write_text_atomic
 from transferdet.utils.logs import duration
@@ -159,8 +160,8 @@ def _accuracy_section(classes: list[str], dirs: dict[str, Path], root: Path, pru
                 + " |  |"
             )
         if m:
-            low, high = m.get("mAP_interval_low"), m.get("mAP_interval_high")
-            span = f" ({100 * low:.1f}-{100 * high:.1f})" if low is not None and not math.isnan(low) else ""
+            span = interval_text(m.get("mAP_interval_low"), m.get("mAP_interval_high"))
+            span = "" if span == "-" else f" ({span})"
             out.append(
                 f"| {label} | **{_pct(m.get('mAP'))}**{span} | "
                 + " | ".join(_pct(m.get(f"AP/{c}")) for c in classes)
