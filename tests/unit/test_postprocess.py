@@ -232,7 +232,7 @@ def _random_groups(rng, count=5, spread=6.0):
 
 @pytest.mark.parametrize("seed", range(12))
 def test_batched_dbscan_labels_equal_scikit_learns_numbering_included(seed):
-    """dbscan_labels (one graph for all groups, SciPy's connected components) against scikit-learn's DBSCAN
+    """dbscan_labels (one graph for all groups, its connected components) against scikit-learn's DBSCAN
     run on each group alone with the dense 1 - IoU matrix: the same labels, numbering included (offset by
     the clusters of the groups before), noise included."""
     from transferdet.postprocess.clustering import dbscan_labels
@@ -251,6 +251,29 @@ def test_batched_dbscan_labels_equal_scikit_learns_numbering_included(seed):
         noise += int((ref < 0).sum())
         members += int((ref >= 0).sum())
     assert noise > 0 and members > 0  # the cases have both (border points: the test below)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_components_are_scipys(seed):
+    """min_index_components against SciPy's connected_components on random symmetric graphs (isolated nodes,
+    chains in shuffled order, dense clumps): the same partition, each component named by its smallest node."""
+    from scipy import sparse
+    from scipy.sparse.csgraph import connected_components
+
+    from transferdet.postprocess.clustering import min_index_components
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    order = rng.permutation(n)
+    chain = np.stack([order[:-1], order[1:]])[:, : int(rng.integers(0, n))]  # a long path through shuffled nodes
+    clumps = rng.integers(0, n, (2, int(rng.integers(0, 3 * n))))
+    r, c = np.concatenate([chain, clumps], 1)
+    r, c = np.concatenate([r, c]), np.concatenate([c, r])
+    got = min_index_components(n, r, c)
+    _, ref = connected_components(sparse.coo_matrix((np.ones(len(r)), (r, c)), shape=(n, n)), directed=False)
+    smallest = np.full(ref.max() + 1, n)
+    np.minimum.at(smallest, ref, np.arange(n))
+    np.testing.assert_array_equal(got, smallest[ref])
 
 
 @pytest.mark.parametrize("seed", range(12))

@@ -36,9 +36,15 @@ def corners(
 ) -> tuple[np.ndarray, ...]:
     """x1 y1 x2 y2 of the cells anchored at ``gx``, ``gy`` from their L, T, R, B outputs, clipped to the canvas."""
     left, top, right, bottom = ltrb
-    x1 = np.clip(gx - scale * left, 0, width)
-    y1 = np.clip(gy - scale * top, 0, height)
-    return x1, y1, np.clip(gx + scale * right, x1, width), np.clip(gy + scale * bottom, y1, height)
+    # np.clip's arithmetic (minimum of maximum), without its dispatch, which costs more on a few hundred cells
+    x1 = np.minimum(np.maximum(gx - scale * left, 0), width)
+    y1 = np.minimum(np.maximum(gy - scale * top, 0), height)
+    return (
+        x1,
+        y1,
+        np.minimum(np.maximum(gx + scale * right, x1), width),
+        np.minimum(np.maximum(gy + scale * bottom, y1), height),
+    )
 
 
 def decode_boxes(
