@@ -138,3 +138,7 @@ def test_inference_preprocess_gives_the_evaluation_pixels_exactly(shape, resize,
     assert torch.equal(fast, reference)
     # decoders hand over [h, w, 3] views of [3, h, w] memory: the same pixels
     assert torch.equal(aug.preprocess(np.ascontiguousarray(img.transpose(2, 0, 1)).transpose(1, 2, 0)), fast)
+    # into a batch's slot (stale values in it, as a reused buffer would have): the same pixels there
+    batch = np.full((2, channels, H, W), 7.0, np.float32)
+    aug.preprocess(img, batch[1])
+    assert torch.equal(torch.from_numpy(batch[1]), fast) and (batch[0] == 7.0).all()

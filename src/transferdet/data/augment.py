@@ -67,27 +67,34 @@ class Augmenter:
         self.width = cfg.preprocessing.output_image_width
         self.height = cfg.preprocessing.output_image_height
 
-    def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """An image alone (no boxes) as the network takes it: ``[3, H, W]`` float in [0, 1].
+    def preprocess(self, image: np.ndarray, out: np.ndarray | None = None) -> torch.Tensor:
+        """An image alone (no boxes) as the network takes it: ``[C, H, W]`` float in [0, 1], also written into
+        ``out`` (a ``[C, H, W]`` float32 array: a batch's slot, so that a batch needs no stacking copy).
 
         Without augmentation this is the evaluation path of ``__call__`` (resize, or pad right/bottom
         with 0 and crop top-left) on a plain tensor: the same pixels, without the box bookkeeping, which
         costs more than the pixels themselves for a small image (inference takes this path).
         """
-        if self.train:
-            return self(image, np.zeros((0, 4), np.float32), np.zeros(0, bool), 0).image
         pre, W, H = self.cfg.preprocessing, self.width, self.height
-        if pre.resize:
+        in_place = out is not None and not self.train and not pre.resize and pre.output_image_channel == 3
+        if self.train:
+            result = self(image, np.zeros((0, 4), np.float32), np.zeros(0, bool), 0).image
+        elif pre.resize:
             img = F.resize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), [H, W], antialias=True)
-            out = F.to_dtype(img, torch.float32, scale=True)
+            result = F.to_dtype(img, torch.float32, scale=True)
         else:  # crop and pad, transpose and scale in one pass over the pixels (the same floats as to_dtype's)
             h, w = min(H, image.shape[0]), min(W, image.shape[1])
-            canvas = np.zeros((3, H, W), np.float32) if (h, w) != (H, W) else np.empty((3, H, W), np.float32)
+            canvas = out if in_place else np.empty((3, H, W), np.float32)
+            if (h, w) != (H, W):
+                canvas.fill(0)
             np.multiply(image[:h, :w].transpose(2, 0, 1), np.float32(1 / 255), out=canvas[:, :h, :w])
-            out = torch.from_numpy(canvas)
+            result = torch.from_numpy(canvas)
         if pre.output_image_channel == 1:
-            out = (0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2])[None]
-        return out.contiguous()
+            result = (0.299 * result[0] + 0.587 * result[1] + 0.114 * result[2])[None]
+        result = result.contiguous()
+        if out is not None and not in_place:
+            out[...] = result.numpy()
+        return result
 
     def __call__(
         self, image: np.ndarray, boxes: np.ndarray, is_object: np.ndarray, index: int, epoch: int = 0

@@ -121,8 +121,12 @@ class Predictor:
         device: on a GPU preprocessed there (:mod:`transferdet.inference.device`), else on the host."""
         if self.device.type == "cuda":
             return preprocess_batch(images, self.spec.preprocessing, self.width, self.height, self.device)
-        host = [im if isinstance(im, np.ndarray) else im.cpu().permute(1, 2, 0).numpy() for im in images]
-        return torch.stack([self.preprocess(im) for im in host]) if len(host) > 1 else self.preprocess(host[0])[None]
+        batch = np.empty(
+            (len(images), self.spec.preprocessing.output_image_channel, self.height, self.width), np.float32
+        )
+        for im, slot in zip(images, batch):
+            self.augmenter.preprocess(im if isinstance(im, np.ndarray) else im.cpu().permute(1, 2, 0).numpy(), slot)
+        return torch.from_numpy(batch)
 
     def decode(self, datas: Sequence[bytes], sources: Sequence[str] | None = None) -> list[Image]:
         """Image files' bytes as images, JPEGs on the GPU where the network runs on one (nvJPEG)."""
