@@ -90,7 +90,14 @@ class Postprocessor:
         bbox_offset: float = 0.5,
     ) -> None:
         self.classes = list(classes)
-        self.clustering = [cfg.target_class_config[c].clustering_config for c in self.classes]
+        self.clustering = cfgs = [cfg.target_class_config[c].clustering_config for c in self.classes]
+        # per class, as arrays once (building them costs more than using them on a batch of a few candidates)
+        self.threshold = np.array([cc.coverage_threshold for cc in cfgs], np.float32)
+        self.cap = np.array([cc.max_candidates for cc in cfgs], np.int64)  # 0: no bound
+        self.is_dbscan = np.array([cc.clustering_algorithm is ClusteringAlgorithm.dbscan for cc in cfgs])
+        self.aggregate = np.array([cc.confidence_model is ConfidenceModel.aggregate_cov for cc in cfgs])
+        self.min_height = np.array([cc.minimum_bounding_box_height for cc in cfgs])
+        self.min_conf = np.array([confidence_threshold(cc) for cc in cfgs])
         # per class, the IoU above which DBSCAN clusters are fused (1: never)
         self.fuse_above = np.array(
             [
@@ -120,16 +127,10 @@ class Postprocessor:
             return self._candidates_tensor(cov, bbox)
         return self._candidates(np.asarray(cov, np.float32), np.asarray(bbox, np.float32))
 
-    def _thresholds(self) -> np.ndarray:
-        return np.array([cc.coverage_threshold for cc in self.clustering], np.float32)
-
-    def _caps(self) -> np.ndarray:
-        return np.array([cc.max_candidates for cc in self.clustering], np.int64)  # 0: no bound
-
     def _candidates(self, cov: np.ndarray, bbox: np.ndarray) -> tuple[np.ndarray, ...]:
         """Every candidate of the batch, in (image, class, grid) order: its cell, coverage and L, T, R, B."""
         b, c, h, w = cov.shape
-        image, k, y, x = np.nonzero(cov > self._thresholds()[:, None, None])
+        image, k, y, x = np.nonzero(cov > self.threshold[:, None, None])
         image, k, y, x = self._bounded(cov, image, k, y, x)
         return image, k, y, x, cov[image, k, y, x], bbox.reshape(b, c, 4, h, w)[image, k, :, y, x].T, None
 
@@ -138,10 +139,10 @@ class Postprocessor:
         brought to the host as one ``[N, 10]`` float32 array (indices are exact in float32)."""
         b, c, h, w = cov.shape
         cov = cov.float()
-        thr = torch.from_numpy(self._thresholds()).to(cov.device)[:, None, None]
+        thr = torch.from_numpy(self.threshold).to(cov.device)[:, None, None]
         image, k, y, x = torch.nonzero(cov > thr, as_tuple=True)
         score = cov[image, k, y, x]
-        caps = torch.from_numpy(self._caps()).to(cov.device)[k]
+        caps = torch.from_numpy(self.cap).to(cov.device)[k]
         group = image * c + k
         counts = torch.bincount(group, minlength=b * c)
         over = (caps > 0) & (counts[group] > caps)
@@ -201,39 +202,34 @@ class Postprocessor:
         score = score.astype(np.float64)
         group = image * c + k
         ends = np.flatnonzero(np.diff(group)) + 1
-        segments = list(zip(np.r_[0, ends].tolist(), np.r_[ends, len(group)].tolist())) if len(group) else []
+        bounds = [0, *ends.tolist(), len(group)]
+        segments = list(zip(bounds[:-1], bounds[1:])) if len(group) else []
         if labels is None:
             dbscan = [(s, e, cfgs[k[s]]) for s, e in segments if cfgs[k[s]].clustering_algorithm in NEEDS_DBSCAN]
             labels = dbscan_segments(boxes, score, dbscan)
         # DBSCAN's clusters of the whole batch merged at once; NMS and hybrid group by group
-        is_dbscan = np.array([cc.clustering_algorithm is ClusteringAlgorithm.dbscan for cc in cfgs])
-        plain = (labels >= 0) & is_dbscan[k]
+        plain = (labels >= 0) & self.is_dbscan[k]
         merged, weight, count, member, index = merge(np.where(plain, labels, -1), boxes, score)
         cluster_k = np.zeros(len(weight), np.int64)
         cluster_k[index] = k[member]
         cluster_image = np.zeros(len(weight), np.int64)
         cluster_image[index] = image[member]
-        aggregate = np.array([cc.confidence_model is ConfidenceModel.aggregate_cov for cc in cfgs])
-        found = [(cluster_image, cluster_k, merged, np.where(aggregate[cluster_k], weight, weight / count))]
+        found = [(cluster_image, cluster_k, merged, np.where(self.aggregate[cluster_k], weight, weight / count))]
         for s, e in segments:
             cc = cfgs[k[s]]
             if cc.clustering_algorithm is not ClusteringAlgorithm.dbscan:
                 bx, conf = CLUSTERERS[cc.clustering_algorithm](Group(boxes[s:e], score[s:e], cc), labels[s:e])
                 found.append((np.full(len(conf), image[s]), np.full(len(conf), k[s]), bx, conf))
         det_image, det_k, det_boxes, det_conf = (np.concatenate(parts) for parts in zip(*found))
-        min_height = np.array([cc.minimum_bounding_box_height for cc in cfgs])
-        min_conf = np.array([confidence_threshold(cc) for cc in cfgs])
-        keep = (det_boxes[:, 3] - det_boxes[:, 1] >= min_height[det_k]) & (det_conf >= min_conf[det_k])
+        keep = (det_boxes[:, 3] - det_boxes[:, 1] >= self.min_height[det_k]) & (det_conf >= self.min_conf[det_k])
         det_image, det_k, det_boxes, det_conf = det_image[keep], det_k[keep], det_boxes[keep], det_conf[keep]
         det_boxes, lead = self._fuse_fragments(det_image, det_k, det_boxes, det_conf)
         det_image, det_k, det_boxes, det_conf = det_image[lead], det_k[lead], det_boxes[lead], det_conf[lead]
         # per image, highest confidence first; ties in class order, then in each class's own order
         order = np.lexsort((det_k, -det_conf, det_image))
-        splits = np.cumsum(np.bincount(det_image, minlength=b))[:-1]
-        return [
-            Detections(bx.reshape(-1, 4), cl.astype(np.int64), cf)
-            for bx, cl, cf in zip(*(np.split(a[order], splits) for a in (det_boxes, det_k, det_conf)))
-        ]
+        ends = np.cumsum(np.bincount(det_image, minlength=b)).tolist()
+        det_boxes, det_k, det_conf = det_boxes[order].reshape(-1, 4), det_k[order].astype(np.int64), det_conf[order]
+        return [Detections(det_boxes[s:e], det_k[s:e], det_conf[s:e]) for s, e in zip([0, *ends[:-1]], ends)]
 
     def _fuse_fragments(
         self, image: np.ndarray, k: np.ndarray, boxes: np.ndarray, conf: np.ndarray
@@ -252,7 +248,7 @@ class Postprocessor:
         """The candidates (image, class, y, x) left after the bound: at most ``max_candidates`` per image and
         class, the highest coverages, in grid order (clustering's numbering follows that order)."""
         image, k, y, x = cells
-        cap = np.array([cc.max_candidates or len(k) for cc in self.clustering])[k]
+        cap = np.where(self.cap > 0, self.cap, len(k))[k]
         group = image * cov.shape[1] + k
         counts = np.bincount(group)
         if not (counts[group] > cap).any():
