@@ -370,6 +370,7 @@ def test_benchmark_writes_a_table_json_and_chart(trained, tmp_path, cli):
         assert x["e2e_ms_p50"] > 0 and x["network_ms_p50"] > 0 and 0 <= x["mAP"] <= 1
         assert x["e2e_images_per_s"] > 0 and x["e2e_serial_images_per_s"] > 0
         assert x["e2e_over_network"] == pytest.approx(x["e2e_images_per_s"] / x["network_images_per_s"])
+        assert x["decode_ms_p50"] > 0 and x["preprocess_ms_p50"] > 0 and x["postprocess_ms_p50"] > 0
     assert all(
         x["speedup_e2e"] == pytest.approx(1.0) for x in rows if (x["runtime"], x["precision"]) == ("torch", "fp32")
     )
@@ -386,6 +387,7 @@ def test_benchmark_writes_a_table_json_and_chart(trained, tmp_path, cli):
     assert "| unpruned | onnxruntime | int8 | 3 |" in table and "30-FPS streams sustained" in table
     md = (tmp_path / "bench" / "benchmark.md").read_text()
     assert md.count("\n") == 2 + len(rows) and "| unpruned | onnxruntime | int8 | 2 |" in md
+    assert "| decode / pre / post ms/img |" in md
     assert (tmp_path / "bench" / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
     r = cli("benchmark", f"hydra.run.dir={tmp_path / 'none'}")
     assert r.returncode == 2 and "config key 'benchmark.models'" in r.stderr

@@ -5,13 +5,15 @@ Each model (a checkpoint) runs as PyTorch fp32 (and fp16 on a CUDA GPU) and, for
 model; where TensorRT and a GPU exist).
 The ONNX models are the ones ``transferdet export`` wrote for that model (``benchmark.exported``), so a
 report shows one INT8 model and one INT8 mAP; a model without an export is exported here with the same
-export and calibration settings. Two timings per row, in the same run:
+export and calibration settings. Per row, in the same run:
 
 * network-only: a preprocessed batch on the runtime's device in, raw outputs on the host out;
 * end-to-end: image file bytes in (the dataset's, or JPEGs with ``benchmark.image_encoding=jpeg``),
   detections out (decode, preprocess, network, clustering; on a GPU the JPEG decoding, the preprocessing and
   the thresholding run there). The latency is one batch at a time; the throughput is a stream of images
   through ``Predictor.stream`` with ``workers`` batches in flight, the way ``infer`` runs.
+* the stages besides the network, each timed alone on the same batch: decoding, preprocessing and
+  post-processing (thresholding and clustering), so a table shows what holds end to end back.
 """
 
 from __future__ import annotations
@@ -105,6 +107,17 @@ def measure(
     tensors = torch.stack([predictor.preprocess(im) for im in decoded]).to(predictor.device)
     network = timings(lambda: predictor.outputs(tensors), repeats) / batch
     e2e = timings(lambda: predictor(images[:batch]), repeats) / batch
+    # where the rest of an image's end-to-end time goes, one stage at a time
+    maps = predictor.maps(tensors)
+    stages = {
+        "decode": lambda: predictor.decode(images[:batch]),
+        "preprocess": lambda: predictor.preprocess_batch(decoded),
+        "postprocess": lambda: predictor.postprocessor(*maps),
+    }
+    stage_ms = {
+        f"{name}_ms_p50": 1e3 * float(np.median(timings(synced(fn, predictor.device), repeats))) / batch
+        for name, fn in stages.items()
+    }
 
     # the stream lasts about STREAM_SECONDS (at the serial speed), at least 4 rounds of batches in flight, so
     # filling and draining the workers is a small part of it
@@ -123,7 +136,21 @@ def measure(
         "network_images_per_s": 1.0 / float(np.median(network)),
         "e2e_images_per_s": 1.0 / float(np.median(streamed)),
         "e2e_serial_images_per_s": 1.0 / float(np.median(e2e)),
+        **stage_ms,
     }
+
+
+def synced(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """``fn``, waiting for the GPU's work to finish where it queues some (so that its time is its own)."""
+    if device.type != "cuda":
+        return fn
+
+    def run() -> object:
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return run
 
 
 def variants(
@@ -310,14 +337,15 @@ def markdown(rows: list[dict]) -> str:
     """The benchmark table (``benchmark.md``), one row per variant and batch size."""
     head = (
         "| model | runtime | precision | batch | e2e ms/img p50 | p90 | e2e img/s streamed | network ms/img p50 | "
-        "network img/s | e2e / network | 30-FPS streams | size MB | mAP | speedup e2e |"
+        "network img/s | e2e / network | decode / pre / post ms/img | 30-FPS streams | size MB | mAP | speedup e2e |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['runtime']} | {r['precision']} | {r['batch']} | {r['e2e_ms_p50']:.2f} | "
             f"{r['e2e_ms_p90']:.2f} | {r['e2e_images_per_s']:.1f} | {r['network_ms_p50']:.2f} | "
-            f"{r['network_images_per_s']:.1f} | {r['e2e_over_network']:.2f} | {r['streams_30fps']:.1f} | "
+            f"{r['network_images_per_s']:.1f} | {r['e2e_over_network']:.2f} | {r['decode_ms_p50']:.2f} / "
+            f"{r['preprocess_ms_p50']:.2f} / {r['postprocess_ms_p50']:.2f} | {r['streams_30fps']:.1f} | "
             f"{r['size_mb']:.2f} | {r['mAP']:.4f} | {r['speedup_e2e']:.2f}x |"
         )
     return "\n".join(lines) + "\n"
