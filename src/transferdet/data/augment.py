@@ -85,8 +85,8 @@ class Augmenter:
         else:  # crop and pad, transpose and scale in one pass over the pixels (the same floats as to_dtype's)
             h, w = min(H, image.shape[0]), min(W, image.shape[1])
             canvas = out if in_place else np.empty((3, H, W), np.float32)
-            if (h, w) != (H, W):
-                canvas.fill(0)
+            canvas[:, h:] = 0  # only the padding: zeroing all of a 1248x384 canvas costs a fifth of the pass
+            canvas[:, :h, w:] = 0
             np.multiply(image[:h, :w].transpose(2, 0, 1), np.float32(1 / 255), out=canvas[:, :h, :w])
             result = torch.from_numpy(canvas)
         if pre.output_image_channel == 1:
