@@ -29,6 +29,17 @@ def iou_matrix(a: np.ndarray, b: np.ndarray, pixel_inclusive: bool = False) -> n
         return np.where(union > 0, inter / union, 0.0)
 
 
+def iou_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union ``[N]`` of ``a[i]`` with ``b[i]``: :func:`iou_matrix`'s arithmetic, pair by pair
+    (the same floats as its entries)."""
+    w = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
+    h = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
+    inter = np.maximum(w, 0.0) * np.maximum(h, 0.0)
+    union = areas(a) + areas(b) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
 def fraction_inside(a: np.ndarray, regions: np.ndarray, pixel_inclusive: bool = False) -> np.ndarray:
     """``[N, M]``: the fraction of each box of ``a`` that lies inside each region."""
     inter = intersections(a, regions, pixel_inclusive)

@@ -276,6 +276,32 @@ def test_components_are_scipys(seed):
     np.testing.assert_array_equal(got, smallest[ref])
 
 
+@pytest.mark.parametrize("eps", [0.1, 0.15, 0.4])
+def test_screened_neighbours_are_the_float64_ones(eps):
+    """A large group is screened in float32 before the float64 test: the same pairs as the float64 matrix alone,
+    pairs whose IoU lies a few float32 steps either side of 1 - eps included."""
+    from transferdet.boxes import iou_matrix
+    from transferdet.postprocess.clustering import SCREEN_FROM, neighbours
+
+    rng = np.random.default_rng(int(eps * 100))
+    n = 2 * SCREEN_FROM + 50
+    x, y = rng.uniform(0, 1000, n), rng.uniform(0, 300, n)
+    size = np.repeat(rng.uniform(5, 200, n // 2), 2)
+    # each box's partner is shifted right by d: IoU (s - d) / (s + d) = 1 - eps at d = s eps / (2 - eps)
+    d = size * eps / (2 - eps) * (1 + rng.integers(-3, 4, n) * 2.0**-22)
+    x[1::2], y[1::2] = x[0::2] + d[1::2], y[0::2]
+    boxes = np.stack([x, y, x + size, y + size], 1).astype(np.float32).astype(np.float64)  # float32 corners
+    distance = 1.0 - iou_matrix(boxes, boxes)
+    near = np.abs(distance - eps) < 1e-5
+    assert (near & (distance <= eps)).sum() > 10 and (near & (distance > eps)).sum() > 10  # both sides occur
+    np.testing.assert_array_equal(np.stack(neighbours(boxes, eps)), np.stack(np.nonzero(distance <= eps)))
+    # corners that are not float32 values are tested in float64 alone
+    moved = boxes + 1e-9
+    np.testing.assert_array_equal(
+        np.stack(neighbours(moved, eps)), np.stack(np.nonzero(1.0 - iou_matrix(moved, moved) <= eps))
+    )
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_dbscan_on_tensors_gives_the_host_labels(seed):
     """dbscan_tensor (the GPU's DBSCAN: padded [K, K] blocks, components by squaring the reachability matrix)
