@@ -389,6 +389,13 @@ def test_benchmark_writes_a_table_json_and_chart(trained, tmp_path, cli):
     assert md.count("\n") == 2 + len(rows) and "| unpruned | onnxruntime | int8 | 2 |" in md
     assert "| decode / pre / post ms/img |" in md
     assert (tmp_path / "bench" / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
+    # benchmark.map=false leaves mAP unmeasured: null in the JSON, a dash in the table, no label on the chart
+    from transferdet.bench.models import markdown, plot
+
+    unmeasured = [{**x, "mAP": None} for x in rows]
+    assert "| – |" in markdown(unmeasured) and "nan" not in markdown(unmeasured).lower()
+    plot(unmeasured, tmp_path / "unmeasured.png")
+    assert (tmp_path / "unmeasured.png").read_bytes()[:4] == b"\x89PNG"
     r = cli("benchmark", f"hydra.run.dir={tmp_path / 'none'}")
     assert r.returncode == 2 and "config key 'benchmark.models'" in r.stderr
     r = cli(

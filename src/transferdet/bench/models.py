@@ -258,7 +258,7 @@ def run_benchmark(
         streamer = predictor
         if v.runtime is Runtime.onnxruntime and workers > 1:
             streamer = Predictor.load(v.path, v.runtime, overrides, threads=threads_per_worker(workers))
-        m_ap = evaluate_predictor(predictor, converted).result.mean_ap() if settings.map else float("nan")
+        m_ap = evaluate_predictor(predictor, converted).result.mean_ap() if settings.map else None
         for batch in sizes:
             r = measure(predictor, images, batch, settings.repeats, streamer, workers)
             r.update(
@@ -346,9 +346,14 @@ def markdown(rows: list[dict]) -> str:
             f"{r['e2e_ms_p90']:.2f} | {r['e2e_images_per_s']:.1f} | {r['network_ms_p50']:.2f} | "
             f"{r['network_images_per_s']:.1f} | {r['e2e_over_network']:.2f} | {r['decode_ms_p50']:.2f} / "
             f"{r['preprocess_ms_p50']:.2f} / {r['postprocess_ms_p50']:.2f} | {r['streams_30fps']:.1f} | "
-            f"{r['size_mb']:.2f} | {r['mAP']:.4f} | {r['speedup_e2e']:.2f}x |"
+            f"{r['size_mb']:.2f} | {_map_text(r, '.4f')} | {r['speedup_e2e']:.2f}x |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _map_text(row: dict, spec: str) -> str:
+    """A row's mAP for a table; a dash where ``benchmark.map=false`` left it unmeasured."""
+    return "–" if row["mAP"] is None else format(row["mAP"], spec)
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -364,7 +369,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.text(
             i + 0.2,
             r["e2e_images_per_s"],
-            f"{r['speedup_e2e']:.1f}x\nmAP {r['mAP']:.3f}",
+            f"{r['speedup_e2e']:.1f}x" + ("" if r["mAP"] is None else f"\nmAP {r['mAP']:.3f}"),
             ha="center",
             va="bottom",
             fontsize=7,
