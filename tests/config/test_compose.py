@@ -15,6 +15,7 @@ from tests.conftest import compose_task
 from transferdet.cli import TASKS
 from transferdet.config import schema as S
 from transferdet.config import target_classes, typed, validate
+from transferdet.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
@@ -42,6 +43,12 @@ def test_primary_config_composes_and_validates(task):
 def test_experiment_composes_and_validates(name):
     cfg = compose_task("train", [f"experiment={name}", *EXPERIMENT_NEEDS.get(name, [])])
     validate(cfg)
+
+
+def test_int8_weight_bits_are_7_or_8():
+    validate(compose_task("export", ["export.int8_weight_bits=8"]))
+    with pytest.raises(ConfigError, match=r"export.int8_weight_bits' has value 6; allowed: 7 or 8"):
+        validate(compose_task("export", ["export.int8_weight_bits=6"]))
 
 
 def test_experiments_exist():

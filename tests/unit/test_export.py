@@ -148,6 +148,48 @@ def test_uint8_model_is_operator_format_and_computes_what_the_qdq_model_does(onn
         quantize_int8(onnx_fp32, tmp_path / "x.onnx", images, "minmax", 8, "uint8", "qlinear")
 
 
+def _conv_weights(path) -> list[np.ndarray]:
+    """The int8 weight tensors of a quantized model's convolutions, one per layer."""
+    return [
+        onnx.numpy_helper.to_array(t)
+        for t in onnx.load(str(path)).graph.initializer
+        if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4
+    ]
+
+
+@pytest.mark.parametrize(("activations", "fmt"), [("uint8", "qoperator"), ("int8", "qdq")])
+def test_int8_weights_take_7_bits_by_default_and_8_when_asked(onnx_fp32, tmp_path, activations, fmt):
+    """7-bit weights keep CPUs without VNNI from saturating (quantize.py); every output channel still uses its
+    whole range, so nothing is clipped."""
+    images = np.random.default_rng(0).random((16, 3, H, W), dtype=np.float32)
+    for bits, top in ((7, 64), (8, 127)):
+        model = quantize_int8(onnx_fp32, tmp_path / f"w{bits}.onnx", images, "minmax", 8, activations, fmt, bits)
+        weights = _conv_weights(model)
+        assert len(weights) >= 10, len(weights)
+        for w in weights:
+            per_channel = np.abs(w.astype(np.int32)).reshape(len(w), -1).max(axis=1)
+            assert (per_channel == top).all(), (bits, sorted(set(per_channel.tolist())))
+    with pytest.raises(ValueError, match="weight bits"):
+        quantize_int8(onnx_fp32, tmp_path / "x.onnx", images, "minmax", 8, activations, fmt, 6)
+
+
+def test_onnxruntimes_int8_kernels_compute_the_qdq_models_own_arithmetic(onnx_fp32, tmp_path):
+    """ONNX Runtime's fused int8 kernels against the QDQ model run operator by operator in float (its definition,
+    which OpenCV and TensorRT compute): equal on any x86 CPU with 7-bit weights. With 8-bit weights a CPU without
+    VNNI (AVX2) saturates; a VNNI CPU does not, so 8 bits is not asserted either way."""
+    images = np.random.default_rng(1).random((8, 3, H, W), dtype=np.float32)
+    model = quantize_int8(onnx_fp32, tmp_path / "qdq.onnx", images, "minmax", 8, "int8", "qdq")
+
+    def run(level):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        return session.run(None, {INPUT_NAME: images[:4]})
+
+    fused, exact = run(ort.GraphOptimizationLevel.ORT_ENABLE_ALL), run(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    assert np.abs(fused[0] - exact[0]).max() < 1e-3 and np.abs(fused[1] - exact[1]).max() < 1e-2
+
+
 def test_deepstream_config_parses_and_names_existing_files(onnx_fp32, tmp_path):
     post = PostprocessingConfig(
         target_class_config={c: PostprocessingClassConfig(ClusteringConfig()) for c in ("car", "pedestrian")}

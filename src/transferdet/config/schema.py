@@ -460,6 +460,9 @@ class ExportConfig:
     # activations of the ONNX Runtime INT8 model (model_int8_onnxruntime.onnx): uint8 (asymmetric: post-ReLU
     # tensors keep all 8 bits) or int8; the portable QDQ model (model_int8_qdq.onnx) is always symmetric int8
     int8_activations: Int8Activations = Int8Activations.uint8
+    # bits of the INT8 models' weights: 7 keeps the 8-bit dot products of CPUs without VNNI (AVX2, AVX-512 before
+    # VNNI) from saturating in ONNX Runtime or OpenVINO; 8 for a model only GPUs or VNNI CPUs run
+    int8_weight_bits: int = 7
     tensorrt_version: str = "10.13.0"  # the TensorRT the calibration cache is written for (8.x to 10.x)
     triton: bool = False  # also a Triton Inference Server model repository (triton/)
     deepstream_video: Optional[str] = None  # the video deepstream_app_config.txt runs (default: DeepStream's sample)

@@ -366,6 +366,7 @@ def validate_export(e: S.ExportConfig) -> None:
     positive_int("export.max_workspace_size", e.max_workspace_size)
     _in_range("export.max_map_drop", e.max_map_drop, 0, 100)
     positive_int("export.parity_images", e.parity_images)
+    _require(e.int8_weight_bits in (7, 8), "export.int8_weight_bits", e.int8_weight_bits, "7 or 8")
 
 
 def validate_calibration(c: S.CalibrationConfig) -> None:

@@ -91,7 +91,7 @@ def quantized(
     ONNX Runtime's (operator format, ``export.int8_activations``), or "int8_qdq", the portable one (QDQ,
     symmetric int8)."""
     activations, fmt = (e.int8_activations.value, "qoperator") if kind == "int8" else ("int8", "qdq")
-    quantize_int8(fp32, path, images, c.calibration_method.value, c.batch_size, activations, fmt)
+    quantize_int8(fp32, path, images, c.calibration_method.value, c.batch_size, activations, fmt, e.int8_weight_bits)
     checkpoint.write_onnx_spec(path, spec, dataset)
     return path
 

@@ -1,6 +1,10 @@
 """INT8 post-training static quantization with ONNX Runtime (per-channel weights).
 
-Weights are symmetric signed int8, per output channel. Two models of the same calibration:
+Weights are symmetric signed int8, per output channel, in 7 bits by default (``[-64, 64]``): CPUs without VNNI
+(AVX2, AVX-512 before VNNI) multiply uint8 activations by int8 weights and add pairs of products in 16 bits
+(``vpmaddubsw``), which saturates once two products pass 32767 (255 x 127 x 2 does); 7-bit weights cannot
+(255 x 64 x 2 = 32640). ONNX Runtime's and OpenVINO's documented workaround; VNNI CPUs and GPUs add in 32 bits.
+Two models of the same calibration:
 
 * ``qoperator`` (QLinearConv, QLinearAdd) with asymmetric uint8 activations, for ONNX Runtime only: after a
   ReLU every tensor is >= 0, and a symmetric int8 range wastes its negative half (on a pruned ResNet-18,
@@ -54,6 +58,7 @@ def quantize_int8(
     batch_size: int = 8,
     activations: str = "uint8",
     fmt: str | None = None,
+    weight_bits: int = 7,
 ) -> Path:
     """Static INT8 quantization of an fp32 model calibrated on ``images`` (see the module docstring)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -67,6 +72,8 @@ def quantize_int8(
     fmt = fmt or ("qdq" if symmetric else "qoperator")
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    if weight_bits not in (7, 8):
+        raise ValueError(f"weight bits {weight_bits!r}; allowed: 7, 8")
     calib = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
@@ -83,6 +90,7 @@ def quantize_int8(
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=calib,
+            reduce_range=weight_bits == 7,  # ONNX Runtime reduces the weights' range only
             extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
         )
         onnx.checker.check_model(onnx.load(str(tmp)))
