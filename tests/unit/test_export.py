@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from transferdet.bench.int8_weights import ExactBackend
 from transferdet.config.schema import (
     ClusteringConfig,
     PostprocessingClassConfig,
@@ -28,6 +29,7 @@ from transferdet.export.tensorrt_cache import (
     read_cache,
     write_cache,
 )
+from transferdet.inference.backends import OnnxRuntimeBackend
 from transferdet.inference.tensorrt import build_engine, onnx_data_type, tensorrt_unavailable
 from transferdet.models import build_detector
 
@@ -179,14 +181,8 @@ def test_onnxruntimes_int8_kernels_compute_the_qdq_models_own_arithmetic(onnx_fp
     VNNI (AVX2) saturates; a VNNI CPU does not, so 8 bits is not asserted either way."""
     images = np.random.default_rng(1).random((8, 3, H, W), dtype=np.float32)
     model = quantize_int8(onnx_fp32, tmp_path / "qdq.onnx", images, "minmax", 8, "int8", "qdq")
-
-    def run(level):
-        options = ort.SessionOptions()
-        options.graph_optimization_level = level
-        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        return session.run(None, {INPUT_NAME: images[:4]})
-
-    fused, exact = run(ort.GraphOptimizationLevel.ORT_ENABLE_ALL), run(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    batch = torch.from_numpy(images[:4])
+    fused, exact = OnnxRuntimeBackend(model)(batch), ExactBackend(model)(batch)
     assert np.abs(fused[0] - exact[0]).max() < 1e-3 and np.abs(fused[1] - exact[1]).max() < 1e-2
 
 
