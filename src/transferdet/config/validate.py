@@ -165,6 +165,19 @@ def validate_augmentation(a: S.AugmentationConfig) -> None:
 
 
 SUPPORTED_RESNET_DEPTHS = (10, 18, 34, 50, 101)
+IMAGENET_DEPTHS = (18, 34, 50, 101)  # torchvision's ResNets with ImageNet weights that transferdet builds
+
+
+def require_imagenet_depth(depth: int) -> None:
+    """ImageNet weights exist for this ResNet depth, or one clear error saying where else to start."""
+    _require(
+        depth in IMAGENET_DEPTHS,
+        "model.pretrained",
+        "imagenet",
+        f"a ResNet of {', '.join(map(str, IMAGENET_DEPTHS))} layers (model.num_layers): ResNet-{depth} has no "
+        "public ImageNet weights; start it from a transferdet checkpoint instead, e.g. the default pipeline's "
+        "model: model.pretrained_model_file=outputs/pipeline/default/03_train/checkpoints/last.ckpt",
+    )
 
 
 def validate_model(m: S.ModelConfig) -> None:
@@ -183,6 +196,8 @@ def validate_model(m: S.ModelConfig) -> None:
         m.pretrained,
         "null when model.pretrained_model_file is set (one starting point)",
     )
+    if m.pretrained == "imagenet":  # at validation, not after the dataset is converted and the model built
+        require_imagenet_depth(m.num_layers)
     bad = [b for b in m.freeze_blocks if b not in range(5)]
     _require(not bad, "model.freeze_blocks", list(m.freeze_blocks), "block ids 0 (stem) to 4 (last stage)")
     _require(

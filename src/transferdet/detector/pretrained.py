@@ -20,25 +20,18 @@ import torchvision
 from torch import nn
 
 from transferdet.config.schema import ModelConfig
+from transferdet.config.validate import require_imagenet_depth
 from transferdet.detector import checkpoint
-from transferdet.errors import ConfigError, DataError
+from transferdet.errors import DataError
 from transferdet.utils.io import make_folder
 
 log = logging.getLogger(__name__)
-IMAGENET_DEPTHS = (18, 34, 50, 101)  # torchvision's ResNets with ImageNet weights that transferdet builds
 OFFLINE_VARIABLE = "TRANSFERDET_OFFLINE"  # "1": never download (CI and the tests set it)
 
 
 def imagenet_url(depth: int) -> str:
     """The URL of torchvision's ImageNet weights (IMAGENET1K_V1) of a ResNet of ``depth`` layers."""
-    if depth not in IMAGENET_DEPTHS:
-        raise ConfigError(
-            "model.pretrained",
-            "imagenet",
-            f"a ResNet of {', '.join(map(str, IMAGENET_DEPTHS))} layers (model.num_layers): ResNet-{depth} has no "
-            "public ImageNet weights; start it from a transferdet checkpoint instead, e.g. the default pipeline's "
-            "model: model.pretrained_model_file=outputs/pipeline/default/03_train/checkpoints/last.ckpt",
-        )
+    require_imagenet_depth(depth)
     return torchvision.models.get_weight(f"ResNet{depth}_Weights.IMAGENET1K_V1").url
 
 
