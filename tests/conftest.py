@@ -15,6 +15,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
+from tests.warm_cli import run_warm
 from transferdet.config import register_configs
 from transferdet.config.overrides import checkpoint_override_args
 from transferdet.config.schema import SynthConfig
@@ -141,10 +142,15 @@ def _cli_runs_outside_the_checkout(tmp_path_factory):
     _CLI_CWD.append(tmp_path_factory.mktemp("cwd"))
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> CliResult:
-    """Run ``transferdet ARGS`` in a subprocess, as a user would (in ``cwd``, else the session's own folder)."""
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300, warm: bool = False
+) -> CliResult:
+    """Run ``transferdet ARGS`` in a subprocess, as a user would (in ``cwd``, else the session's own folder);
+    ``warm``: in a fork of a process that has imported everything already (``tests/warm_cli.py``)."""
     full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
+    if warm:
+        return CliResult(*run_warm(list(args), cwd or _CLI_CWD[0], full_env, timeout))
     proc = subprocess.run(
         [sys.executable, "-m", "transferdet", *args],
         cwd=cwd or (_CLI_CWD[0] if _CLI_CWD else None),
