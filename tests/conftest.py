@@ -143,13 +143,14 @@ def _cli_runs_outside_the_checkout(tmp_path_factory):
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300, warm: bool = False
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300, fresh: bool = False
 ) -> CliResult:
-    """Run ``transferdet ARGS`` in a subprocess, as a user would (in ``cwd``, else the session's own folder);
-    ``warm``: in a fork of a process that has imported everything already (``tests/warm_cli.py``)."""
+    """Run ``transferdet ARGS`` in a process of its own, as a user would (in ``cwd``, else the session's own
+    folder): a fork of a process that has imported everything already (``tests/warm_cli.py``), or with
+    ``fresh`` a new interpreter, for what depends on how the process starts (signals, DDP, imports)."""
     full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
-    if warm:
+    if not fresh:
         return CliResult(*run_warm(list(args), cwd or _CLI_CWD[0], full_env, timeout))
     proc = subprocess.run(
         [sys.executable, "-m", "transferdet", *args],

@@ -1243,7 +1243,7 @@ def test_bad_input(cli, art, tmp_path, name, monkeypatch):
     before = _files(tmp_path, run)
     monkeypatch.setenv("TRANSFERDET_TEST_SECRET", "do-not-write-me")
     env = {"TRANSFERDET_TEST_SECRET": "do-not-write-me", "TORCH_HOME": str(tmp_path / "torch")}
-    r = cli(c.task, *args, env=env, timeout=300, warm=FRESH[c.task] != name)
+    r = cli(c.task, *args, env=env, timeout=300, fresh=FRESH[c.task] == name)
     if c.ok:
         assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
     else:

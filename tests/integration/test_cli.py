@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
+from tests.conftest import run_cli
 from transferdet.data.kitti import read_label_file
+
+
+@pytest.fixture
+def cli():
+    """Every run of this module in a new interpreter: the commands exactly as a user types them."""
+    return functools.partial(run_cli, fresh=True)
 
 
 def _label_counts(root: Path) -> dict[str, Counter]:

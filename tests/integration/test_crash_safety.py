@@ -4,6 +4,7 @@ from strangers cannot run code; secrets stay out of what a run writes."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose_task
+from tests.conftest import compose_task, run_cli
 from transferdet.detector.checkpoint import read as load_tensor_file
 from transferdet.detector.checkpoint import weights_checksum
 from transferdet.errors import DataError
@@ -124,7 +125,9 @@ def _tree_digest(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
     }
 
 
-def test_same_seed_same_results_for_synth_convert_and_train(cli, tmp_path):
+def test_same_seed_same_results_for_synth_convert_and_train(tmp_path):
+    # new interpreters: forks of one warm process would share whatever state the imports left behind
+    cli = functools.partial(run_cli, fresh=True)
     runs = []
     for k in (1, 2):
         ds = tmp_path / f"ds{k}"

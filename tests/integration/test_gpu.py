@@ -72,6 +72,7 @@ def test_evaluate_in_fp16_scores_what_fp32_scores(trained, tmp_path, cli):
             f"dataset.root={trained['root']}",
             f"precision={precision}",
             f"hydra.run.dir={tmp_path / precision}",
+            fresh=True,  # checked on GPU machines only: the user's way, with nothing shared
         )
         assert r.returncode == 0, r.stderr[-3000:]
         maps[precision] = json.loads((tmp_path / precision / "metrics.json").read_text())["mAP"]

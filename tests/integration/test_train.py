@@ -40,6 +40,7 @@ def test_ddp_two_cpu_processes_see_disjoint_data_and_checkpoint_once(cli, tiny_r
         "+callbacks.data_order={_target_: transferdet.callbacks.DataOrderLog}",
         f"hydra.run.dir={run}",
         timeout=600,
+        fresh=True,  # Lightning re-launches the command line for the second process
     )
     assert r.returncode == 0, r.stderr[-3000:]
     order = {}
@@ -270,17 +271,7 @@ def test_distillation_pulls_the_student_towards_the_teacher_and_stays_out_of_che
     assert ckpt["hyper_parameters"]["training"]["training"]["distillation"]["teacher"] == str(teacher_ckpt)
     history = (tmp_path / "taught" / "csv").rglob("metrics.csv")
     assert any("train/distillation" in f.read_text().splitlines()[0] for f in history)
-
-    r = cli(
-        "train",
-        f"dataset.root={tiny_root}",
-        *TINY,
-        "training.num_epochs=1",
-        f"training.distillation.teacher={tmp_path / 'nope.ckpt'}",
-        f"hydra.run.dir={tmp_path / 'bad'}",
-    )
-    assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert "training.distillation.teacher" in r.stderr and "nope.ckpt" in r.stderr
+    # a teacher that is not there: the bad-input catalogue's train/teacher-missing
 
 
 def test_the_terminal_shows_our_lines_and_the_log_file_everything(cli, tiny_root, tmp_path):
