@@ -172,3 +172,18 @@ def test_every_task_run_is_a_short_composition():
             if run.end_lineno - run.lineno + 1 > 40:
                 long.append(f"{path.relative_to(ROOT)}: run is {run.end_lineno - run.lineno + 1} lines")
     assert not long, "\n".join(long)
+
+
+def test_the_dataset_tasks_import_no_deep_learning_library():
+    """``synth`` and ``convert`` touch no model: a fresh interpreter that imports them has no torch (5 s of a
+    command's start on a 2-core CPU), and neither has one that imports the CLI (``transferdet --help``)."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "torchvision", "pytorch_lightning", "onnx", "onnxruntime", "sklearn", "matplotlib")
+    code = (
+        "import sys, transferdet.cli, transferdet.tasks.synth, transferdet.tasks.convert; "
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"imported: {out}"

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,15 @@ import torch
 from torch import nn
 
 from transferdet.config.overrides import DetectorOverrides
-from transferdet.config.schema import EvaluationConfig, ModelConfig, PostprocessingConfig, PreprocessingConfig
+from transferdet.config.schema import (
+    DatasetConfig,
+    EvaluationConfig,
+    ModelConfig,
+    PostprocessingConfig,
+    PreprocessingConfig,
+)
 from transferdet.config.structured import from_plain
+from transferdet.config.validate import target_classes
 from transferdet.detector.spec import DetectorSpec
 from transferdet.errors import ConfigError, DataError
 from transferdet.models.detectnet import DetectNetV2
@@ -44,6 +52,8 @@ MODEL_PREFIX = "model."
 ONNX_SPEC_KEY, ONNX_DATASET_KEY = "transferdet_spec", "transferdet_dataset"
 ONNX_INPUT = "input_1"
 _LEGACY_ONNX_KEYS = ("transferdet_config", "transferdet_classes")
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- checksums
@@ -250,6 +260,45 @@ def trained_dataset(path: str | Path) -> dict[str, Any] | None:
         return _json_entry(meta, ONNX_DATASET_KEY, path) if ONNX_DATASET_KEY in meta else None
     dataset = (training_record(read(path)) or {}).get("dataset")
     return dict(dataset) if isinstance(dataset, Mapping) else None
+
+
+def dataset_for_model(
+    d: DatasetConfig, model: str | Path | None, classes: Sequence[str] | None = None
+) -> DatasetConfig:
+    """The dataset a task runs a trained model on: ``d`` when the command line names one (``dataset.root``),
+    else the one the model was trained on, as its checkpoint (or ONNX export) records it, and said so. With the
+    model's ``classes``, a dataset of other classes (or another order) is refused before anything is converted."""
+    if d.root is not None:
+        _same_classes(d, classes)
+        return d
+    if model is None:
+        raise ConfigError(
+            "dataset.root", None, "a dataset folder (dataset.root=DIR; there is no model to take it from)"
+        )
+    recorded = trained_dataset(model)
+    if recorded is None:
+        raise ConfigError(
+            "dataset.root",
+            None,
+            f"a dataset folder: {model} does not record the dataset it was trained "
+            "on (dataset=kitti dataset.root=DIR for KITTI)",
+        )
+    try:
+        dataset = from_plain(DatasetConfig, recorded, "dataset")
+    except ConfigError as err:
+        raise DataError(model, f"the recorded dataset settings do not fit this transferdet: {err}") from None
+    log.info("dataset: %s, the one %s was trained on (dataset.root=DIR for another)", dataset.root, Path(model).name)
+    _same_classes(dataset, classes)
+    return dataset
+
+
+def _same_classes(d: DatasetConfig, classes: Sequence[str] | None) -> None:
+    if classes is not None and target_classes(d) != list(classes):
+        raise ConfigError(
+            "dataset.target_class_mapping",
+            target_classes(d),
+            f"the model's classes in the same order: {', '.join(classes)}",
+        )
 
 
 def read_spec(path: str | Path, key: str = "checkpoint") -> DetectorSpec:

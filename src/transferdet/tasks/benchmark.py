@@ -19,7 +19,7 @@ from transferdet.bench.models import check_models, markdown, plot, run_benchmark
 from transferdet.config.overrides import DetectorOverrides
 from transferdet.config.tasks import task_args
 from transferdet.config.validate import typed
-from transferdet.data.prepare import dataset_for_model, ensure_converted
+from transferdet.data.prepare import ensure_converted
 from transferdet.detector import checkpoint
 from transferdet.inference.backends import workers_or_default
 from transferdet.utils.io import write_json_atomic, write_text_atomic
@@ -32,7 +32,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     models, overrides = check_models(b), DetectorOverrides.from_config(cfg)
     specs = {name: checkpoint.read_spec(path).with_overrides(overrides) for name, path in models.items()}
     write_config(run_dir, cfg, {"models_settings": {name: spec.as_config() for name, spec in specs.items()}})
-    converted = ensure_converted(dataset_for_model(typed(cfg, "dataset"), next(iter(models.values()))))
+    converted = ensure_converted(checkpoint.dataset_for_model(typed(cfg, "dataset"), next(iter(models.values()))))
     rows, streams = run_benchmark(
         models, b, overrides, typed(cfg, "export"), typed(cfg, "calibration"), converted, run_dir
     )

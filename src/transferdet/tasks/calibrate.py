@@ -18,7 +18,7 @@ from transferdet.config.schema import PreprocessingConfig
 from transferdet.config.structured import from_plain
 from transferdet.config.tasks import task_args
 from transferdet.config.validate import typed
-from transferdet.data.prepare import dataset_for_model, ensure_converted
+from transferdet.data.prepare import ensure_converted
 from transferdet.detector import checkpoint
 from transferdet.export.calibration import CALIBRATION_FILE, calibration_images, save_calibration_file
 from transferdet.utils.rundir import write_config
@@ -35,7 +35,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         preprocessing = spec.preprocessing
     else:
         preprocessing = from_plain(PreprocessingConfig, overrides.preprocessing, "augmentation.preprocessing")
-    dataset = dataset_for_model(typed(cfg, "dataset"), args.checkpoint)
+    dataset = checkpoint.dataset_for_model(typed(cfg, "dataset"), args.checkpoint)
     images = calibration_images(ensure_converted(dataset), preprocessing, c.batches * c.batch_size)
     save_calibration_file(run_dir / CALIBRATION_FILE, images)
     log.info("wrote %d calibration images %s to %s", len(images), list(images.shape[1:]), run_dir / CALIBRATION_FILE)

@@ -23,7 +23,8 @@ from transferdet.config.tasks import task_args
 from transferdet.config.validate import NO_VALIDATION_IMAGES, target_classes, typed
 from transferdet.data.convert import normalised_mapping
 from transferdet.data.converted import ConvertedDataset
-from transferdet.data.prepare import dataset_for_model, ensure_converted
+from transferdet.data.prepare import ensure_converted
+from transferdet.detector import checkpoint
 from transferdet.errors import ConfigError
 from transferdet.evaluation.coco import coco_map
 from transferdet.evaluation.files import evaluate_files, files_evaluation_config
@@ -43,7 +44,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if args.checkpoint:
         predictor = Predictor.load(args.checkpoint, args.runtime, overrides, precision=args.precision)
         write_config(run_dir, cfg, predictor.spec.as_config())
-        dataset = dataset_for_model(dataset, args.checkpoint, predictor.classes)
+        dataset = checkpoint.dataset_for_model(dataset, args.checkpoint, predictor.classes)
         converted = ensure_converted(dataset)
         if len(ConvertedDataset(converted, verify=False).split("val")) == 0:
             raise ConfigError("dataset.val_split", dataset.val_split, NO_VALIDATION_IMAGES)

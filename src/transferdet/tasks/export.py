@@ -17,7 +17,7 @@ from transferdet.config.overrides import DetectorOverrides
 from transferdet.config.schema import DataType
 from transferdet.config.tasks import task_args
 from transferdet.config.validate import typed
-from transferdet.data.prepare import dataset_for_model, ensure_converted
+from transferdet.data.prepare import ensure_converted
 from transferdet.detector import checkpoint
 from transferdet.errors import ConfigError
 from transferdet.export.calibration import calibration_images, load_calibration_file
@@ -36,7 +36,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     spec = loaded.spec
     write_config(run_dir, cfg, spec.as_config())
     # the parity check needs the dataset: a problem with it shows before anything is written
-    converted = ensure_converted(dataset_for_model(typed(cfg, "dataset"), args.checkpoint, spec.classes))
+    converted = ensure_converted(checkpoint.dataset_for_model(typed(cfg, "dataset"), args.checkpoint, spec.classes))
     images = None
     if e.data_type is DataType.int8:  # read (and check) the calibration data before writing anything
         images = (

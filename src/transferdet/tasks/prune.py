@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from transferdet.config.overrides import DetectorOverrides
 from transferdet.config.tasks import task_args
 from transferdet.config.validate import typed
-from transferdet.data.prepare import dataset_for_model, ensure_converted
+from transferdet.data.prepare import ensure_converted
 from transferdet.detector import checkpoint
 from transferdet.errors import ConfigError
 from transferdet.pruning.workflow import prune_and_save, sensitivity_sweep
@@ -33,7 +33,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     loaded = checkpoint.load(args.checkpoint, DetectorOverrides.from_config(cfg))
     write_config(run_dir, cfg, loaded.spec.as_config())
     dataset = (
-        dataset_for_model(typed(cfg, "dataset"), args.checkpoint, loaded.spec.classes)
+        checkpoint.dataset_for_model(typed(cfg, "dataset"), args.checkpoint, loaded.spec.classes)
         if args.evaluate or args.sweep
         else None
     )
