@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from tests.warm_cli import run_warm
+from tests.warm_cli import run_warm, start_warm
 from transferdet.config import register_configs
 from transferdet.config.overrides import checkpoint_override_args
 from transferdet.config.schema import SynthConfig
@@ -148,8 +148,7 @@ def run_cli(
     """Run ``transferdet ARGS`` in a process of its own, as a user would (in ``cwd``, else the session's own
     folder): a fork of a process that has imported everything already (``tests/warm_cli.py``), or with
     ``fresh`` a new interpreter, for what depends on how the process starts (signals, DDP, imports)."""
-    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
+    full_env = _cli_env(env)
     if not fresh:
         return CliResult(*run_warm(list(args), cwd or _CLI_CWD[0], full_env, timeout))
     proc = subprocess.run(
@@ -161,6 +160,19 @@ def run_cli(
         timeout=timeout,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def start_cli(*args: str, log: Path, env: dict | None = None):
+    """Start ``transferdet ARGS`` as :func:`run_cli` does (warm), stdout and stderr to ``log``; the process, to kill
+    or ``join``: for the tests that kill a run (SIGKILL: nothing of how the process started matters)."""
+    return start_warm(list(args), _CLI_CWD[0], _cli_env(env), log)
+
+
+def _cli_env(env: dict | None) -> dict:
+    """This process's environment for a CLI run: Hydra's traceback switch off (as a user has it), unbuffered."""
+    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
+    return full_env
 
 
 @pytest.fixture

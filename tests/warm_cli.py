@@ -56,10 +56,14 @@ def _run(args: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> 
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
-    for fd, path in ((1, out), (2, err)):
+    for fds, path in (((1, 2), out),) if out == err else (((1,), out), ((2,), err)):
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(target, fd)
+        for fd in fds:
+            os.dup2(target, fd)
         os.close(target)
+    if env.get("PYTHONUNBUFFERED"):  # as python -u: each write reaches the file at once
+        for stream in (sys.stdout, sys.stderr):
+            stream.reconfigure(line_buffering=True, write_through=True)
     import transferdet.cli
 
     sys.argv = [str(Path(transferdet.cli.__file__).with_name("__main__.py")), *args]
@@ -77,12 +81,21 @@ def _run(args: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> 
     os._exit(status)
 
 
+def start_warm(args: list[str], cwd: Path, env: dict[str, str], out: Path, err: Path | None = None):
+    """Start ``transferdet ARGS`` in a fork of the warm process, stdout to ``out`` and stderr to ``err`` (default
+    ``out`` too); the multiprocessing Process, to wait for (``join``) or kill."""
+    for path in (out, err or out):  # there from the start, as with Popen(stdout=open(...))
+        Path(path).touch()
+    proc = _context().Process(target=_run, args=(list(args), str(cwd), dict(env), str(out), str(err or out)))
+    proc.start()
+    return proc
+
+
 def run_warm(args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str, str]:
     """Exit status, stdout and stderr of ``transferdet ARGS`` run in a fork of the warm process."""
     with tempfile.TemporaryDirectory(prefix="warm-cli-") as tmp:
-        out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
-        proc = _context().Process(target=_run, args=(list(args), str(cwd), dict(env), out, err))
-        proc.start()
+        out, err = Path(tmp, "stdout"), Path(tmp, "stderr")
+        proc = start_warm(args, cwd, env, out, err)
         proc.join(timeout)
         if proc.is_alive():
             proc.kill()
@@ -91,5 +104,5 @@ def run_warm(args: list[str], cwd: Path, env: dict[str, str], timeout: float) ->
         return proc.exitcode, _text(out), _text(err)
 
 
-def _text(path: str) -> str:
-    return Path(path).read_text(errors="replace") if os.path.exists(path) else ""
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""

@@ -8,15 +8,12 @@ import functools
 import hashlib
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose_task, run_cli
+from tests.conftest import compose_task, run_cli, start_cli
 from transferdet.detector.checkpoint import read as load_tensor_file
 from transferdet.detector.checkpoint import weights_checksum
 from transferdet.errors import DataError
@@ -59,9 +56,6 @@ def test_sigkill_at_five_points_resumes_from_the_last_complete_checkpoint(tiny_r
     run = tmp_path / "run"
     ckpts = run / "checkpoints"
     args = [
-        sys.executable,
-        "-m",
-        "transferdet",
         "train",
         f"dataset.root={tiny_root}",
         *TINY,
@@ -70,7 +64,6 @@ def test_sigkill_at_five_points_resumes_from_the_last_complete_checkpoint(tiny_r
         "training.resume=auto",
         f"hydra.run.dir={run}",
     ]
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONUNBUFFERED": "1"}
     state: dict = {}
     kill_points = {
         # the task has started, no checkpoint exists yet
@@ -90,14 +83,13 @@ def test_sigkill_at_five_points_resumes_from_the_last_complete_checkpoint(tiny_r
         state.pop("seen", None)
         state.update(count=len(_complete(ckpts)), wall=time.time(), log=log)
         before = {p.name: p.stat().st_mtime_ns for p in _complete(ckpts)}
-        with open(log, "w") as out:
-            proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-            deadline = time.monotonic() + 300
-            while not reached() and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.005)
-            assert proc.poll() is None, f"{name}: training ended before the kill point was reached"
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+        proc = start_cli(*args, log=log)  # SIGKILL: how the process started does not matter
+        deadline = time.monotonic() + 300
+        while not reached() and proc.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert proc.is_alive(), f"{name}: training ended before the kill point was reached"
+        proc.kill()
+        proc.join()
         logs.append(log.read_text())
         assert not (run / "metrics.json").exists(), name
         # every file under a checkpoint's name is complete and intact (checksum verified), whatever the kill hit
@@ -107,7 +99,7 @@ def test_sigkill_at_five_points_resumes_from_the_last_complete_checkpoint(tiny_r
         if before:  # a resumed run said so and started from the newest complete checkpoint
             newest = max(before, key=lambda n: (before[n], n == "last.ckpt"))
             assert f"resuming from {ckpts / newest}" in logs[-1], name
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    done = run_cli(*args, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train/epochs"] == 5 and metrics["train/steps"] == 40

@@ -4,18 +4,14 @@ during retraining, and a failing stage that stops the run without touching the f
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose_task, run_cli
+from tests.conftest import compose_task, run_cli, start_cli
 from transferdet.pipeline.runner import config_digest, stage_config
 from transferdet.pipeline.stages import STAGES, stage_dirs
 
@@ -64,19 +60,13 @@ def resumed(tmp_path_factory):
     base = tmp_path_factory.mktemp("pipeline")
     run_dir = base / "run"
     args = [f"dataset.root={base / 'data'}", *TINY, f"hydra.run.dir={run_dir}"]
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "transferdet", "pipeline", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_cli("pipeline", *args, log=base / "killed.log")
     ckpt = run_dir / "06_retrain" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 400
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not ckpt.exists() and proc.is_alive() and time.monotonic() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.kill()
+    proc.join()
     assert ckpt.exists(), "the pipeline never reached retraining"
     before = _mtimes(run_dir)
     r = run_cli("pipeline", *args, timeout=600)

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from tests.conftest import small_synth_config, wandb_records
+from tests.conftest import run_cli, small_synth_config, start_cli, wandb_records
 from transferdet.data.synth import generate
 
 TINY = [
@@ -66,9 +62,6 @@ def test_ddp_two_cpu_processes_see_disjoint_data_and_checkpoint_once(cli, tiny_r
 def test_resume_after_kill_continues_at_the_right_epoch_with_optimizer_state(tiny_root, tmp_path):
     run = tmp_path / "run"
     args = [
-        sys.executable,
-        "-m",
-        "transferdet",
         "train",
         f"dataset.root={tiny_root}",
         *TINY,
@@ -77,19 +70,18 @@ def test_resume_after_kill_continues_at_the_right_epoch_with_optimizer_state(tin
         "evaluation.first_validation_epoch=3",
         f"hydra.run.dir={run}",
     ]
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_cli(*args, log=tmp_path / "killed.log")
     last = run / "checkpoints" / "last.ckpt"  # written after epoch_000.ckpt at the end of epoch 1
     deadline = time.time() + 300
-    while not last.exists() and time.time() < deadline and proc.poll() is None:
+    while not last.exists() and time.time() < deadline and proc.is_alive():
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.kill()
+    proc.join()
     assert last.exists() and not (run / "metrics.json").exists()
     killed_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert killed_at["epoch"] in (0, 1)
 
-    done = subprocess.run([*args, "training.resume=auto"], env=env, capture_output=True, text=True, timeout=600)
+    done = run_cli(*args, "training.resume=auto", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming from" in done.stdout  # ours, on the terminal; Lightning's own notice is in the log file
     assert "Restoring states from the checkpoint path" in (run / "train.log").read_text()
