@@ -2,8 +2,9 @@
 CLI, every task and their libraries once: the code path of ``python -m transferdet ARGS`` (sys.argv, exit
 status, stdout, stderr, files, exit handlers), without the 5 to 10 s of imports each fresh interpreter pays.
 
-For catalogues of many short runs. A run that depends on how the process starts (Ctrl-C, a file-size limit,
-DDP re-launching the command, import-time output) runs a fresh interpreter instead (``run_cli``).
+The suite's CLI runs go through it (``run_cli`` and ``start_cli`` in ``tests/conftest.py``); a run that depends on
+how the process starts (Ctrl-C, a file-size limit, DDP re-launching the command, import-time output, unseeded
+state) runs a fresh interpreter instead (``run_cli(..., fresh=True)``).
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ import tempfile
 import traceback
 from pathlib import Path
 
-# what a task run imports: the forkserver imports it once, each run's process is a fork of it
+from transferdet.cli import COMMANDS, TASKS
+
+# what a run imports, every task and command of the CLI's tables: the forkserver imports it once, each run's
+# process is a fork of it
 PRELOAD = [
     "tests.warm_preload",  # first: what the imports below see of logging
     "tests.warm_cli",
     "transferdet.cli",
-    "transferdet.config.import_command",
-    *(f"transferdet.tasks.{name}" for name in ("synth", "convert", "train", "evaluate", "infer", "prune")),
-    *(f"transferdet.tasks.{name}" for name in ("calibrate", "export", "benchmark", "pipeline")),
+    *(entry.target.split(":")[0] for entry in (*TASKS.values(), *COMMANDS.values())),
 ]
 
 _CONTEXT: list = []
