@@ -18,7 +18,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from transferdet.cli import COMMANDS, TASKS
+from transferdet import cli
 
 # what a run imports, every task and command of the CLI's tables: the forkserver imports it once, each run's
 # process is a fork of it
@@ -26,7 +26,7 @@ PRELOAD = [
     "tests.warm_preload",  # first: what the imports below see of logging
     "tests.warm_cli",
     "transferdet.cli",
-    *(entry.target.split(":")[0] for entry in (*TASKS.values(), *COMMANDS.values())),
+    *(entry.target.split(":")[0] for entry in (*cli.TASKS.values(), *cli.COMMANDS.values())),
 ]
 
 _CONTEXT: list = []
@@ -66,11 +66,9 @@ def _run(args: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> 
     if env.get("PYTHONUNBUFFERED"):  # as python -u: each write reaches the file at once
         for stream in (sys.stdout, sys.stderr):
             stream.reconfigure(line_buffering=True, write_through=True)
-    import transferdet.cli
-
-    sys.argv = [str(Path(transferdet.cli.__file__).with_name("__main__.py")), *args]
+    sys.argv = [str(Path(cli.__file__).with_name("__main__.py")), *args]
     try:
-        transferdet.cli.main()
+        cli.main()
         status = 0
     except SystemExit as exit_:
         status = _exit_status(exit_)
