@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import transferdet
 
 ROOT = Path(transferdet.__file__).parent
@@ -187,3 +189,34 @@ def test_the_dataset_tasks_import_no_deep_learning_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"imported: {out}"
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (["infer", "checkpoint=missing.ckpt", "input=."], "'checkpoint'"),
+        (["infer", "checkpoint=missing.ckpt", "input=nowhere"], "'input'"),
+        (["evaluate", "checkpoint=missing.onnx", "runtime=onnxruntime"], "'checkpoint'"),
+        (["train", "model.pretrained_model_file=missing.pth"], "'model.pretrained_model_file'"),
+        (["train", "training.distillation.teacher=missing.ckpt"], "'training.distillation.teacher'"),
+        (["train", "dataset.root=nowhere"], "dataset root does not exist"),
+        (["prune", "checkpoint=missing.ckpt"], "'checkpoint'"),
+        (["benchmark", "benchmark.models={a: missing.ckpt}"], "'benchmark.models.a'"),
+    ],
+)
+def test_a_missing_input_file_is_reported_before_the_task_loads_torch(tmp_path, args, key):
+    """A mistyped path answers in about a second: the input files are checked before a task imports its
+    libraries (5 to 10 s of PyTorch and Lightning on a 2-core CPU)."""
+    import subprocess
+    import sys
+
+    argv = ["transferdet", *args, f"hydra.run.dir={tmp_path / 'run'}"]
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = {argv!r}\n"
+        "try:\n    runpy.run_module('transferdet', run_name='__main__')\n"
+        "except SystemExit as e:\n    print('exit', e.code, 'torch' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert r.stdout.strip().splitlines()[-1] == "exit 2 False", r.stdout + r.stderr
+    assert f"transferdet {args[0]}: error:" in r.stderr and key in r.stderr, r.stderr

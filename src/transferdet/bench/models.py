@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from transferdet.bench.streams import measure_streams, streams_sustained, write_video
+from transferdet.config.inputs import BENCHMARK_MODEL, existing_file
 from transferdet.config.overrides import DetectorOverrides
 from transferdet.config.schema import CalibrationConfig, DataType, ExportConfig
 from transferdet.config.tasks import BenchmarkSettings, ImageEncoding, Precision, Runtime
@@ -211,8 +212,7 @@ def check_models(settings: BenchmarkSettings) -> dict[str, str]:
     if not settings.models:
         raise ConfigError("benchmark.models", None, "a map name -> checkpoint, e.g. benchmark.models={unpruned: PATH}")
     for name, path in settings.models.items():
-        if not Path(path).is_file():
-            raise ConfigError(f"benchmark.models.{name}", path, "an existing transferdet checkpoint file")
+        existing_file(path, f"benchmark.models.{name}", BENCHMARK_MODEL)
     if Runtime.tensorrt in settings.runtimes:
         require_tensorrt("benchmark.runtimes")
     for name, path in (settings.exported or {}).items():

@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from transferdet.config.inputs import existing_root
 from transferdet.errors import DataError
 from transferdet.utils.io import resolved
 
@@ -268,8 +269,7 @@ def scan_dataset(
     """Read and validate a KITTI-layout folder. Returns records sorted by id, and the warnings."""
     root = resolved(root, "dataset.root")  # records carry absolute paths: the converted form is read from anywhere
     image_dir, label_dir = root / image_dir_name, root / label_dir_name
-    if not root.is_dir():
-        raise DataError(root, "dataset root does not exist (config key dataset.root)")
+    existing_root(root)
     if not image_dir.is_dir():
         raise DataError(image_dir, "image folder does not exist (config keys dataset.root, dataset.image_dir_name)")
     images = find_files(image_dir, image_extension)

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from transferdet.config.inputs import existing_file, existing_onnx
 from transferdet.config.overrides import DetectorOverrides
 from transferdet.config.schema import (
     DatasetConfig,
@@ -119,9 +120,7 @@ def write(obj: Mapping[str, Any], path: str | Path) -> None:
 
 def read(path: str | Path, key: str = "checkpoint") -> dict[str, Any]:
     """A torch file as plain containers and tensors, its checksum verified; failures name the file (or ``key``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(key, str(path), "an existing file (a transferdet .ckpt, or a .pth state dict)")
+    path = existing_file(path, key)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -330,14 +329,7 @@ def _onnx_metadata(path: str | Path, runtime: str = "onnxruntime") -> dict[str, 
     """The metadata of an exported DetectNet_v2 ONNX model (checked: a readable model with one input, input_1)."""
     import onnx
 
-    path = Path(path)
-    if not path.is_file() or path.suffix.lower() != ".onnx":
-        raise ConfigError(
-            "checkpoint",
-            str(path),
-            f"an existing .onnx file written by `transferdet export` with "
-            f"runtime={runtime} (runtime=torch runs .ckpt checkpoints)",
-        )
+    path = existing_onnx(path, runtime)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # noqa: BLE001 - onnx raises DecodeError and friends for a broken file

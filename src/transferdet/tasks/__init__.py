@@ -2,8 +2,8 @@
 
 Each task module has ``run(cfg, run_dir) -> metrics``: a short composition of library calls. A module is
 imported only when its task runs (``transferdet --help`` imports no task). :func:`run_task` is the one
-way a task runs, from the CLI or as a pipeline stage: validate the config, write ``config.yaml``, run,
-write ``metrics.json``. Task modules import the library, never each other.
+way a task runs, from the CLI or as a pipeline stage: validate the config, check that its input files exist,
+write ``config.yaml``, run, write ``metrics.json``. Task modules import the library, never each other.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from transferdet.config.inputs import check_inputs
 from transferdet.config.validate import validate
 from transferdet.utils.dist import is_global_zero
 from transferdet.utils.io import make_folder, write_json_atomic
@@ -74,6 +75,7 @@ def run_task(task_name: str, cfg: DictConfig, run_dir: Path) -> dict[str, float 
     """Validate, run one task, and write ``config.yaml`` and ``metrics.json`` into ``run_dir``."""
     make_folder(run_dir)
     validate(cfg, task_name)
+    check_inputs(cfg, task_name)  # before the task imports its libraries: a missing file answers at once
     fn = resolve(task_name)
     writer = is_global_zero()  # the other processes of a distributed run share the run directory
     if writer:

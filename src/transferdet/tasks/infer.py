@@ -28,8 +28,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     args = task_args(cfg, "infer")
     if not args.checkpoint:
         raise ConfigError("checkpoint", None, "a transferdet checkpoint file (checkpoint=PATH)")
-    if not args.input or not Path(args.input).exists():
-        raise ConfigError("input", args.input, "an existing image file, folder of images, or video file (input=PATH)")
     workers = workers_or_default(args.workers)
     predictor = Predictor.load(
         args.checkpoint,

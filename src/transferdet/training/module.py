@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import WeightAveraging
 from torch import nn
 from typing_extensions import override
 
+from transferdet.config.inputs import existing_teacher
 from transferdet.config.schema import CostConfig, DatasetConfig, RasterizerConfig, TrainingConfig
 from transferdet.config.structured import to_plain
 from transferdet.detector import checkpoint
@@ -98,10 +99,7 @@ class DetectNetModule(pl.LightningModule):
         if not d.teacher or d.weight == 0:
             return
         key = "training.distillation.teacher"
-        if Path(d.teacher).suffix.lower() == ".onnx":
-            raise ConfigError(key, d.teacher, "a transferdet checkpoint (.ckpt): an ONNX model cannot teach")
-        if not Path(d.teacher).is_file():
-            raise ConfigError(key, d.teacher, "an existing transferdet checkpoint (.ckpt), e.g. the unpruned model's")
+        existing_teacher(d.teacher, key)
         teacher = checkpoint.load(d.teacher, key=key)
         if list(teacher.spec.classes) != self.classes:
             raise ConfigError(

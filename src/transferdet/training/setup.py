@@ -15,6 +15,7 @@ from pytorch_lightning.callbacks import EMAWeightAveraging
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.precision import MixedPrecision
 
+from transferdet.config.inputs import RESUME_FILE, existing_file
 from transferdet.config.schema import BackendFloatx, CostConfig, DatasetConfig, RasterizerConfig, TrainingConfig
 from transferdet.config.validate import target_classes, typed
 from transferdet.detector import checkpoint
@@ -73,11 +74,7 @@ def resume_path(resume: str | None, run_dir: Path) -> str | None:
             return str(found[-1])
         log.info("training.resume=auto: no checkpoint in %s yet, starting fresh", folder)
         return None
-    if not Path(resume).is_file():
-        raise ConfigError(
-            "training.resume", resume, "'auto' (this run directory's last.ckpt) or an existing .ckpt file"
-        )
-    return resume
+    return str(existing_file(resume, "training.resume", RESUME_FILE))
 
 
 def build_trainer(
