@@ -202,6 +202,8 @@ def test_the_dataset_tasks_import_no_deep_learning_library():
         (["train", "dataset.root=nowhere"], "dataset root does not exist"),
         (["prune", "checkpoint=missing.ckpt"], "'checkpoint'"),
         (["benchmark", "benchmark.models={a: missing.ckpt}"], "'benchmark.models.a'"),
+        (["evaluate", "predictions=nowhere", "labels=."], "'predictions'"),
+        (["calibrate", "dataset.root=nowhere"], "dataset root does not exist"),
     ],
 )
 def test_a_missing_input_file_is_reported_before_the_task_loads_torch(tmp_path, args, key):

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from transferdet.bench.streams import measure_streams, streams_sustained, write_video
-from transferdet.config.inputs import BENCHMARK_MODEL, existing_file
+from transferdet.config.inputs import BENCHMARK_EXPORT, BENCHMARK_MODEL, existing_file, existing_folder
 from transferdet.config.overrides import DetectorOverrides
 from transferdet.config.schema import CalibrationConfig, DataType, ExportConfig
 from transferdet.config.tasks import BenchmarkSettings, ImageEncoding, Precision, Runtime
@@ -216,12 +216,9 @@ def check_models(settings: BenchmarkSettings) -> dict[str, str]:
     if Runtime.tensorrt in settings.runtimes:
         require_tensorrt("benchmark.runtimes")
     for name, path in (settings.exported or {}).items():
-        if name not in settings.models or not Path(path).is_dir():
-            raise ConfigError(
-                f"benchmark.exported.{name}",
-                path,
-                "the run directory of `transferdet export` of a model of benchmark.models",
-            )
+        if name not in settings.models:
+            raise ConfigError(f"benchmark.exported.{name}", path, BENCHMARK_EXPORT)
+        existing_folder(path, f"benchmark.exported.{name}", BENCHMARK_EXPORT)
     return dict(settings.models)
 
 

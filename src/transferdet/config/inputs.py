@@ -9,6 +9,7 @@ readers keep their own checks (with these messages) for code that calls the libr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -19,6 +20,8 @@ CHECKPOINT_FILE = "an existing file (a transferdet .ckpt, or a .pth state dict)"
 RESUME_FILE = "'auto' (this run directory's last.ckpt) or an existing .ckpt file"
 INPUT_PATH = "an existing image file, folder of images, or video file (input=PATH)"
 BENCHMARK_MODEL = "an existing transferdet checkpoint file"
+BENCHMARK_EXPORT = "the run directory of `transferdet export` of a model of benchmark.models"
+KITTI_FOLDER = "an existing folder of KITTI .txt files"
 MISSING_ROOT = "dataset root does not exist (config key dataset.root)"
 
 
@@ -44,6 +47,19 @@ def existing_onnx(path: str | Path, runtime: str, key: str = "checkpoint") -> Pa
     return existing_file(path, key, onnx_file(runtime))
 
 
+def existing_folder(path: str | Path, key: str, allowed: str) -> Path:
+    """``path`` when it is a folder, else a ConfigError naming ``key``."""
+    if not Path(path).is_dir():
+        raise ConfigError(key, str(path), allowed)
+    return Path(path)
+
+
+def deepstream_video(video: str | None) -> None:
+    """``export.deepstream_video``: none, a URI, or an existing video file."""
+    if video and "://" not in video and not Path(video).is_file():
+        raise ConfigError("export.deepstream_video", video, "an existing video file or a URI (file://, rtsp://)")
+
+
 def existing_teacher(path: str | Path, key: str = "training.distillation.teacher") -> Path:
     """A distillation teacher: an existing checkpoint, not an exported model."""
     if Path(path).suffix.lower() == ".onnx":
@@ -62,31 +78,74 @@ def _get(cfg: DictConfig, key: str):
     return OmegaConf.select(cfg, key, default=None)
 
 
-def check_inputs(cfg: DictConfig, task: str) -> None:
-    """Raise the error a task would raise for the first of its input files that does not exist."""
-    if task == "train":
-        for key in ("model.pretrained_model_file", "model.pruned_checkpoint"):
-            if _get(cfg, key):
-                existing_file(_get(cfg, key), key)
-        if _get(cfg, "training.distillation.teacher") and _get(cfg, "training.distillation.weight") != 0:
-            existing_teacher(cfg.training.distillation.teacher)
-        resume = _get(cfg, "training.resume")
-        if resume and resume != "auto":
-            existing_file(resume, "training.resume", RESUME_FILE)
-    checkpoint = _get(cfg, "checkpoint")
-    if task == "infer" and checkpoint:  # infer names a missing input before a missing checkpoint
-        source = _get(cfg, "input")
-        if not source or not Path(source).exists():
-            raise ConfigError("input", source, INPUT_PATH)
-    if checkpoint and task in ("evaluate", "infer", "prune", "calibrate", "export"):
+def _training_files(cfg: DictConfig) -> None:
+    for key in ("model.pretrained_model_file", "model.pruned_checkpoint"):
+        if _get(cfg, key):
+            existing_file(_get(cfg, key), key)
+    if _get(cfg, "training.distillation.teacher") and _get(cfg, "training.distillation.weight") != 0:
+        existing_teacher(cfg.training.distillation.teacher)
+    resume = _get(cfg, "training.resume")
+    if resume and resume != "auto":
+        existing_file(resume, "training.resume", RESUME_FILE)
+
+
+def _input(cfg: DictConfig) -> None:
+    if _get(cfg, "checkpoint") and not (_get(cfg, "input") and Path(cfg.input).exists()):
+        raise ConfigError("input", _get(cfg, "input"), INPUT_PATH)
+
+
+def _checkpoint(cfg: DictConfig) -> None:
+    if _get(cfg, "checkpoint"):
         runtime = _get(cfg, "runtime")
         runtime = str(getattr(runtime, "value", runtime) or "torch")
         # existence only: the reader checks the kind of file, after the runtime itself (TensorRT) is there
-        existing_file(checkpoint, "checkpoint", CHECKPOINT_FILE if runtime == "torch" else onnx_file(runtime))
-    if task == "benchmark":
-        for name, path in (_get(cfg, "benchmark.models") or {}).items():
-            existing_file(path, f"benchmark.models.{name}", BENCHMARK_MODEL)
-    # the datasets these tasks read (a task that runs a model reads the model's own where dataset.root is null)
-    reads_dataset = task in ("train", "calibrate") or (task == "evaluate" and checkpoint)
-    if reads_dataset and _get(cfg, "dataset.root") is not None:
+        existing_file(cfg.checkpoint, "checkpoint", CHECKPOINT_FILE if runtime == "torch" else onnx_file(runtime))
+
+
+def _prediction_folders(cfg: DictConfig) -> None:
+    for key in ("predictions", "labels"):
+        if not _get(cfg, "checkpoint") and _get(cfg, key):
+            existing_folder(_get(cfg, key), key, KITTI_FOLDER)
+
+
+def _deepstream_video(cfg: DictConfig) -> None:
+    deepstream_video(_get(cfg, "export.deepstream_video"))
+
+
+def _benchmark_models(cfg: DictConfig) -> None:
+    models = _get(cfg, "benchmark.models") or {}
+    for name, path in models.items():
+        existing_file(path, f"benchmark.models.{name}", BENCHMARK_MODEL)
+    for name, path in (_get(cfg, "benchmark.exported") or {}).items():
+        if name not in models:
+            raise ConfigError(f"benchmark.exported.{name}", path, BENCHMARK_EXPORT)
+        existing_folder(path, f"benchmark.exported.{name}", BENCHMARK_EXPORT)
+
+
+def _dataset_root(cfg: DictConfig) -> None:
+    # a task that runs a model reads the model's own dataset where dataset.root is null
+    if _get(cfg, "dataset.root") is not None:
         existing_root(cfg.dataset.root)
+
+
+def _scored_dataset_root(cfg: DictConfig) -> None:
+    if _get(cfg, "checkpoint"):  # prediction files are scored against labels=DIR instead
+        _dataset_root(cfg)
+
+
+# task -> its checks, in the order the task itself would meet the files
+CHECKS: dict[str, tuple[Callable[[DictConfig], None], ...]] = {
+    "train": (_training_files, _dataset_root),
+    "evaluate": (_checkpoint, _prediction_folders, _scored_dataset_root),
+    "infer": (_input, _checkpoint),
+    "prune": (_checkpoint,),
+    "calibrate": (_checkpoint, _dataset_root),
+    "export": (_checkpoint, _deepstream_video, _dataset_root),
+    "benchmark": (_benchmark_models,),
+}
+
+
+def check_inputs(cfg: DictConfig, task: str) -> None:
+    """Raise the error a task would raise for the first of its input files that does not exist."""
+    for check in CHECKS.get(task, ()):
+        check(cfg)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from transferdet.config.inputs import KITTI_FOLDER, existing_folder
 from transferdet.config.options import group_option
 from transferdet.config.schema import IGNORE_CLASS, EvaluationConfig, EvaluationProtocol
 from transferdet.config.structured import from_plain, merge_plain
@@ -72,8 +73,7 @@ def read_prediction_files(
 ) -> tuple[list[GroundTruth], list[Detections]]:
     """Ground truth and detections of every image of ``labels`` (an image without a prediction file has none)."""
     for key, folder in (("predictions", predictions), ("labels", labels)):
-        if not folder.is_dir():
-            raise ConfigError(key, str(folder), "an existing folder of KITTI .txt files")
+        existing_folder(folder, key, KITTI_FOLDER)
     gt_files, pred_files = find_files(labels, ".txt"), find_files(predictions, ".txt")
     if not gt_files:
         raise DataError(labels, "no ground-truth .txt label files here (config key labels)")

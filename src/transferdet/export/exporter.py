@@ -24,10 +24,10 @@ import onnx
 from onnxruntime.transformers.float16 import convert_float_to_float16
 from torch import nn
 
+from transferdet.config.inputs import deepstream_video
 from transferdet.config.schema import CalibrationConfig, DataType, ExportConfig
 from transferdet.detector import checkpoint
 from transferdet.detector.spec import DetectorSpec
-from transferdet.errors import ConfigError
 from transferdet.export.deepstream import APP_CONFIG, write_deepstream
 from transferdet.export.onnx_export import export_onnx
 from transferdet.export.quantize import quantize_int8
@@ -133,9 +133,7 @@ def deployment_commands(spec: DetectorSpec, e: ExportConfig, exported: Exported)
 def check_settings(e: ExportConfig) -> None:
     """The export settings the files depend on, checked before anything is written."""
     header_version(e.tensorrt_version)
-    video = e.deepstream_video
-    if video and "://" not in video and not Path(video).is_file():
-        raise ConfigError("export.deepstream_video", video, "an existing video file or a URI (file://, rtsp://)")
+    deepstream_video(e.deepstream_video)
 
 
 def _engine(deployed: Path, out: Path, spec: DetectorSpec, e: ExportConfig, cache: Path | None) -> str | None:
