@@ -27,6 +27,7 @@ PRELOAD = [
     "tests.warm_cli",
     "transferdet.cli",
     *(entry.target.split(":")[0] for entry in (*cli.TASKS.values(), *cli.COMMANDS.values())),
+    "tests.warm_done",  # last: the import path the preloads left
 ]
 
 _CONTEXT: list = []
@@ -52,9 +53,11 @@ def _exit_status(err: SystemExit) -> int:
 
 def _run(args: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> None:
     """In the forked process: become ``python -m transferdet ARGS`` in ``cwd`` with ``env``, output to files."""
+    from tests.warm_done import PATH
     from tests.warm_preload import PLACEHOLDER
 
     logging.getLogger().removeHandler(PLACEHOLDER)
+    sys.path.extend(p for p in PATH if p not in sys.path)
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
