@@ -13,7 +13,10 @@ export and calibration settings. Per row, in the same run:
   the thresholding run there). The latency is one batch at a time; the throughput is a stream of images
   through ``Predictor.stream`` with ``workers`` batches in flight, the way ``infer`` runs.
 * the stages besides the network, each timed alone on the same batch: decoding, preprocessing and
-  post-processing (thresholding and clustering), so a table shows what holds end to end back.
+  post-processing (thresholding and clustering), so a table shows what holds end to end back;
+* the end-to-end speedup over the baseline (the first model's PyTorch fp32 row), timed in pairs: the baseline
+  and the row one batch each, in turn, so that a change in the machine's load between rows (a shared VM's
+  timings wander by tens of percent over minutes) slows both sides of the ratio alike.
 """
 
 from __future__ import annotations
@@ -141,6 +144,20 @@ def measure(
     }
 
 
+def paired_speedup(base: Predictor, other: Predictor, images: list[bytes], repeats: int) -> float:
+    """How many times faster ``other`` runs ``images`` (one batch, end to end) than ``base``: the median of each
+    over ``repeats`` rounds that time them one after the other, first one then the other in turn."""
+    times: dict[int, list[float]] = {0: [], 1: []}
+    for p in (base, other):  # warm-up
+        p(images)
+    for i in range(repeats):
+        for k in (0, 1) if i % 2 == 0 else (1, 0):
+            t = time.perf_counter()
+            (base, other)[k](images)
+            times[k].append(time.perf_counter() - t)
+    return float(np.median(times[0]) / np.median(times[1]))
+
+
 def synced(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
     """``fn``, waiting for the GPU's work to finish where it queues some (so that its time is its own)."""
     if device.type != "cuda":
@@ -247,10 +264,12 @@ def run_benchmark(
         for name, path in models.items()
         for v in variants(name, path, (settings.exported or {}).get(name), settings, overrides, e, c, converted, work)
     ]
+    baseline = Predictor.load(every[0].path, every[0].runtime, overrides)  # the first model's PyTorch fp32
     for v in every:
         # the overrides apply to every variant (e.g. another input size, as in infer)
         precision = Precision(v.precision) if v.runtime is Runtime.torch else Precision.fp32
-        predictor = Predictor.load(v.path, v.runtime, overrides, precision=precision)
+        first = v == every[0]
+        predictor = baseline if first else Predictor.load(v.path, v.runtime, overrides, precision=precision)
         # the streamed run shares the cores out between its workers (ONNX Runtime threads are per session)
         streamer = predictor
         if v.runtime is Runtime.onnxruntime and workers > 1:
@@ -258,6 +277,7 @@ def run_benchmark(
         m_ap = evaluate_predictor(predictor, converted).result.mean_ap() if settings.map else None
         for batch in sizes:
             r = measure(predictor, images, batch, settings.repeats, streamer, workers)
+            r["speedup_e2e"] = 1.0 if first else paired_speedup(baseline, predictor, images[:batch], settings.repeats)
             r.update(
                 model=v.model,
                 runtime=v.runtime.value,
@@ -290,13 +310,7 @@ def run_benchmark(
                     r["streams"],
                     r["fps_per_stream"],
                 )
-    base = {
-        r["batch"]: r
-        for r in rows
-        if r["model"] == every[0].model and r["runtime"] == "torch" and r["precision"] == "fp32"
-    }
     for r in rows:
-        r["speedup_e2e"] = base[r["batch"]]["e2e_ms_p50"] / r["e2e_ms_p50"]
         r["e2e_over_network"] = r["e2e_images_per_s"] / r["network_images_per_s"]
         r["streams_30fps"] = r["e2e_images_per_s"] / 30.0
     return rows, stream_rows

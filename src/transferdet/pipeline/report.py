@@ -297,8 +297,9 @@ def write_report(cfg: DictConfig, run_dir: Path, dirs: dict[str, Path], records:
     if rows:
         lines += [
             f"Measured on {bench.get('device', '?')} with {bench.get('threads', '?')} threads, one run. Latencies "
-            "and speedups are end to end (decode, preprocess, network, clustering), one batch at a time, against "
-            "the unpruned PyTorch fp32 rows; `e2e img/s streamed` is a stream of images with "
+            "and speedups are end to end (decode, preprocess, network, clustering), one batch at a time; a speedup "
+            "times its row and the unpruned PyTorch fp32 one in turn, so the machine's load touches both alike; "
+            "`e2e img/s streamed` is a stream of images with "
             f"{bench.get('workers', 1)} batches in flight, as `infer` runs them; network-only is one batch at a "
             "time.",
             "",
