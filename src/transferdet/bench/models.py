@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from transferdet.bench.streams import measure_streams, streams_sustained, write_video
-from transferdet.config.inputs import BENCHMARK_EXPORT, BENCHMARK_MODEL, existing_file, existing_folder
+from transferdet.config.inputs import benchmark_files
 from transferdet.config.overrides import DetectorOverrides
 from transferdet.config.schema import CalibrationConfig, DataType, ExportConfig
 from transferdet.config.tasks import BenchmarkSettings, ImageEncoding, Precision, Runtime
@@ -243,14 +243,9 @@ def check_models(settings: BenchmarkSettings) -> dict[str, str]:
     models), checked before anything is measured; returns the models."""
     if not settings.models:
         raise ConfigError("benchmark.models", None, "a map name -> checkpoint, e.g. benchmark.models={unpruned: PATH}")
-    for name, path in settings.models.items():
-        existing_file(path, f"benchmark.models.{name}", BENCHMARK_MODEL)
+    benchmark_files(settings.models, settings.exported or {})
     if Runtime.tensorrt in settings.runtimes:
         require_tensorrt("benchmark.runtimes")
-    for name, path in (settings.exported or {}).items():
-        if name not in settings.models:
-            raise ConfigError(f"benchmark.exported.{name}", path, BENCHMARK_EXPORT)
-        existing_folder(path, f"benchmark.exported.{name}", BENCHMARK_EXPORT)
     return dict(settings.models)
 
 

@@ -9,7 +9,7 @@ readers keep their own checks (with these messages) for code that calls the libr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -112,14 +112,18 @@ def _deepstream_video(cfg: DictConfig) -> None:
     deepstream_video(_get(cfg, "export.deepstream_video"))
 
 
-def _benchmark_models(cfg: DictConfig) -> None:
-    models = _get(cfg, "benchmark.models") or {}
+def benchmark_files(models: Mapping[str, str], exported: Mapping[str, str]) -> None:
+    """``benchmark.models`` (checkpoint files) and ``benchmark.exported`` (export folders of those models)."""
     for name, path in models.items():
         existing_file(path, f"benchmark.models.{name}", BENCHMARK_MODEL)
-    for name, path in (_get(cfg, "benchmark.exported") or {}).items():
+    for name, path in exported.items():
         if name not in models:
             raise ConfigError(f"benchmark.exported.{name}", path, BENCHMARK_EXPORT)
         existing_folder(path, f"benchmark.exported.{name}", BENCHMARK_EXPORT)
+
+
+def _benchmark_models(cfg: DictConfig) -> None:
+    benchmark_files(_get(cfg, "benchmark.models") or {}, _get(cfg, "benchmark.exported") or {})
 
 
 def _dataset_root(cfg: DictConfig) -> None:
