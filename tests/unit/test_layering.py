@@ -9,6 +9,8 @@ modules (a local import of our own code is how a cycle hides).
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,9 +181,6 @@ def test_every_task_run_is_a_short_composition():
 def test_the_dataset_tasks_import_no_deep_learning_library():
     """``synth`` and ``convert`` touch no model: a fresh interpreter that imports them has no torch (5 s of a
     command's start on a 2-core CPU), and neither has one that imports the CLI (``transferdet --help``)."""
-    import subprocess
-    import sys
-
     heavy = ("torch", "torchvision", "pytorch_lightning", "onnx", "onnxruntime", "sklearn", "matplotlib")
     code = (
         "import sys, transferdet.cli, transferdet.tasks.synth, transferdet.tasks.convert; "
@@ -209,9 +208,6 @@ def test_the_dataset_tasks_import_no_deep_learning_library():
 def test_a_missing_input_file_is_reported_before_the_task_loads_torch(tmp_path, args, key):
     """A mistyped path answers in about a second: the input files are checked before a task imports its
     libraries (5 to 10 s of PyTorch and Lightning on a 2-core CPU)."""
-    import subprocess
-    import sys
-
     argv = ["transferdet", *args, f"hydra.run.dir={tmp_path / 'run'}"]
     code = (
         "import runpy, sys\n"
