@@ -123,6 +123,11 @@ def plot_speed_vs_map(rows: list[dict], path: Path) -> bool:
         )
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_xscale("log")
+    from matplotlib.ticker import LogFormatter  # loaded with matplotlib, by figure()
+
+    # plain numbers on the log axis ("3", "20"), not 3×10⁰, with matplotlib's choice of which ticks to label
+    ax.xaxis.set_major_formatter(LogFormatter())
+    ax.xaxis.set_minor_formatter(LogFormatter(minor_thresholds=(2, 0.4)))
     ax.set_xlabel(f"end-to-end ms per image, batch {batch} (log scale)")
     ax.set_ylabel("val mAP")
     ax.set_title("speed vs accuracy (up and left is better)")
